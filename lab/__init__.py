@@ -1,0 +1,1 @@
+"""brokerstack lab: broker nodes, failure injection, benchmarks and the generated ops report."""

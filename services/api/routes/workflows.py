@@ -1,0 +1,107 @@
+"""/workflows: chain, group and chord of exposed tasks."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from celery import chain, chord, group
+from fastapi import APIRouter, Depends, HTTPException, Path, status
+
+from services.api.catalog import TaskCatalog
+from services.api.dependencies import get_catalog, get_producer, require_api_key
+from services.api.errors import InvalidArguments
+from services.api.producer import Producer
+from services.api.routes.tasks import UNAVAILABLE, read_status
+from services.api.schemas import (
+    TASK_ID_PATTERN,
+    ChainRequest,
+    ChordRequest,
+    GroupAccepted,
+    GroupRequest,
+    GroupStatus,
+    WorkflowAccepted,
+    WorkflowOptions,
+)
+
+router = APIRouter(
+    prefix="/workflows", tags=["workflows"], responses=UNAVAILABLE
+)
+GUARDED = [Depends(require_api_key)]
+
+
+def _options(request: WorkflowOptions) -> dict[str, Any]:
+    return {key: value for key, value in (("queue", request.queue), ("priority", request.priority)) if value is not None}
+
+
+def _task_ids(result: Any) -> list[str]:
+    """Every task id in a workflow result, first step first."""
+    ids: list[str] = []
+    node = result
+    while node is not None:
+        if getattr(node, "results", None) is not None:
+            ids = [child.id for child in node.results] + ids
+        else:
+            ids.insert(0, node.id)
+        node = node.parent
+    return ids
+
+
+@router.post("/chain", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED)
+async def start_chain(
+    request: ChainRequest, catalog: TaskCatalog = Depends(get_catalog), producer: Producer = Depends(get_producer)
+) -> WorkflowAccepted:
+    if problems := catalog.check_steps(request.tasks, loc="tasks", receives_previous=True):
+        raise InvalidArguments(problems)
+    workflow = chain(*(catalog.signature(step, **_options(request)) for step in request.tasks))
+    result = await producer.publish(workflow.apply_async)
+    return WorkflowAccepted(task_id=result.id, status_url=f"/tasks/{result.id}", task_ids=_task_ids(result))
+
+
+@router.post("/group", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED)
+async def start_group(
+    request: GroupRequest, catalog: TaskCatalog = Depends(get_catalog), producer: Producer = Depends(get_producer)
+) -> GroupAccepted:
+    if problems := catalog.check_steps(request.tasks, loc="tasks", receives_previous=False):
+        raise InvalidArguments(problems)
+    workflow = group(catalog.signature(step, **_options(request)) for step in request.tasks)
+
+    def publish_and_save() -> Any:
+        result = workflow.apply_async()
+        result.save()  # so GET /workflows/<id> can find its members later
+        return result
+
+    result = await producer.publish(publish_and_save)
+    return GroupAccepted(
+        group_id=result.id, status_url=f"/workflows/{result.id}", task_ids=[child.id for child in result.results]
+    )
+
+
+@router.post("/chord", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED)
+async def start_chord(
+    request: ChordRequest, catalog: TaskCatalog = Depends(get_catalog), producer: Producer = Depends(get_producer)
+) -> WorkflowAccepted:
+    problems = catalog.check_steps(request.header, loc="header", receives_previous=False)
+    problems += catalog.check_steps([request.callback], loc="callback", receives_previous=True)
+    if problems:
+        raise InvalidArguments(problems)
+    options = _options(request)
+    workflow = chord(
+        [catalog.signature(step, **options) for step in request.header], catalog.signature(request.callback, **options)
+    )
+    result = await producer.publish(workflow.apply_async)
+    return WorkflowAccepted(task_id=result.id, status_url=f"/tasks/{result.id}", task_ids=_task_ids(result))
+
+
+@router.get("/{group_id}")
+async def group_status(
+    group_id: Annotated[str, Path(pattern=TASK_ID_PATTERN)], producer: Producer = Depends(get_producer)
+) -> GroupStatus:
+    def read() -> GroupStatus:
+        saved = producer.restore_group(group_id)
+        if saved is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no group {group_id!r} (or its results expired)")
+        tasks = [read_status(producer, child.id) for child in saved.results]
+        completed = sum(task.state in ("SUCCESS", "FAILURE", "REVOKED") for task in tasks)
+        return GroupStatus(group_id=group_id, completed=completed, total=len(tasks), tasks=tasks)
+
+    return await producer.read(read)

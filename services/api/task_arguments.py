@@ -1,0 +1,91 @@
+"""Checks a call's args/kwargs against the task's own signature before anything is published.
+
+Tasks declare their parameters with type hints (and pydantic constraints where they matter), so
+the API refuses ``add("2", 3)`` or ``sleep(-1)`` with a 422 naming the argument, instead of
+publishing a message that can only fail in the worker.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from celery import Task
+from pydantic import TypeAdapter, ValidationError
+
+#: Stands in for the argument a workflow step receives from the step before it.
+FROM_PREVIOUS_STEP = object()
+
+
+@dataclass(frozen=True)
+class ArgumentProblem:
+    loc: tuple[str | int, ...]
+    msg: str
+    type: str = "value_error"
+
+    def as_error(self) -> dict[str, Any]:
+        return {"loc": list(self.loc), "msg": self.msg, "type": self.type}
+
+
+@dataclass
+class TaskSignature:
+    task: Task
+    _adapters: dict[str, TypeAdapter] = field(default_factory=dict)
+
+    @cached_property
+    def signature(self) -> inspect.Signature:
+        return inspect.signature(self.task.run)
+
+    @cached_property
+    def hints(self) -> dict[str, Any]:
+        return typing.get_type_hints(self.task.run, include_extras=True)
+
+    def describe(self) -> dict[str, Any]:
+        """Parameter names, types and defaults, for ``GET /tasks``."""
+        return {
+            name: {
+                "type": _type_name(self.hints.get(name, Any)),
+                **({} if p.default is inspect.Parameter.empty else {"default": p.default}),
+            }
+            for name, p in self.signature.parameters.items()
+        }
+
+    def check(
+        self, args: list[Any], kwargs: dict[str, Any], *, receives_previous: bool = False, loc: tuple = ("body",)
+    ) -> list[ArgumentProblem]:
+        """Problems with calling the task with these arguments (empty list: fine).
+
+        ``receives_previous``: the task is a later workflow step and gets the previous result as
+        its first argument, which is not known yet and not checked.
+        """
+        positional = [FROM_PREVIOUS_STEP, *args] if receives_previous else list(args)
+        try:
+            bound = self.signature.bind(*positional, **kwargs)
+        except TypeError as exc:
+            return [ArgumentProblem((*loc, "args"), f"arguments do not match {self.task.name}{self.signature}: {exc}", "arguments")]
+        offset = 1 if receives_previous else 0
+        problems = []
+        for index, (name, value) in enumerate(bound.arguments.items()):
+            if value is FROM_PREVIOUS_STEP:
+                continue
+            where = (*loc, "kwargs", name) if name in kwargs else (*loc, "args", index - offset)
+            try:
+                self._adapter(name).validate_python(value, strict=True)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                problems.append(ArgumentProblem(where, f"{name}: {first['msg']}", first["type"]))
+        return problems
+
+    def _adapter(self, name: str) -> TypeAdapter:
+        if name not in self._adapters:
+            self._adapters[name] = TypeAdapter(self.hints.get(name, Any))
+        return self._adapters[name]
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")

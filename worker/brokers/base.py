@@ -1,0 +1,41 @@
+"""The small interface every broker profile implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from kombu import Queue
+
+from worker.settings import Settings
+
+
+class BrokerProfile(ABC):
+    """What one broker contributes to the Celery configuration."""
+
+    #: The BROKER_PROFILE value that selects this profile.
+    name: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """The broker URL Celery connects to."""
+
+    @abstractmethod
+    def transport_options(self) -> dict[str, Any]:
+        """kombu transport options (``broker_transport_options``)."""
+
+    @abstractmethod
+    def queue_arguments(self, queue: str) -> dict[str, Any]:
+        """Broker-side arguments of a work queue (durability, priority, dead-lettering)."""
+
+    def dead_letter_queues(self) -> list[Queue]:
+        """Queues that receive dead letters natively; empty where the broker has none."""
+        return []
+
+    def celery_options(self) -> dict[str, Any]:
+        """Celery settings whose right value depends on the broker."""
+        return {}

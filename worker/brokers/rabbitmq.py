@@ -1,0 +1,73 @@
+"""RabbitMQ as Celery's broker: durable queues, publisher confirms, native dead-lettering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue, binding
+
+from worker.brokers.base import BrokerProfile
+from worker.topology import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    PRIORITY_MAX,
+    WORK_QUEUES,
+    dead_letter_routing_key,
+)
+
+
+class RabbitMQProfile(BrokerProfile):
+    name = "rabbitmq"
+
+    @property
+    def url(self) -> str:
+        return self.settings.rabbitmq_url
+
+    @property
+    def quorum(self) -> bool:
+        return self.settings.rabbitmq_queue_type == "quorum"
+
+    def transport_options(self) -> dict[str, Any]:
+        return {"confirm_publish": self.settings.rabbitmq_confirm_publish}
+
+    def queue_arguments(self, queue: str) -> dict[str, Any]:
+        arguments = {
+            "x-queue-type": self.settings.rabbitmq_queue_type,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-routing-key": dead_letter_routing_key(queue),
+        }
+        if self.quorum:
+            arguments.update(_quorum_dead_lettering(self.settings.rabbitmq_delivery_limit))
+        else:
+            arguments["x-max-priority"] = PRIORITY_MAX
+        return arguments
+
+    def dead_letter_queues(self) -> list[Queue]:
+        exchange = Exchange(DEAD_LETTER_EXCHANGE, type="direct", durable=True)
+        return [
+            Queue(
+                DEAD_LETTER_QUEUE,
+                bindings=[binding(exchange, routing_key=dead_letter_routing_key(q)) for q in WORK_QUEUES],
+                durable=True,
+                queue_arguments={"x-queue-type": self.settings.rabbitmq_queue_type},
+            )
+        ]
+
+    def celery_options(self) -> dict[str, Any]:
+        return {
+            "task_default_queue_type": self.settings.rabbitmq_queue_type,
+            # RabbitMQ requeues every unacked delivery when the channel closes, so a task still
+            # running after the connection dropped will be delivered again anyway; letting it
+            # finish would only run it twice.
+            "worker_cancel_long_running_tasks_on_connection_loss": True,
+        }
+
+
+def _quorum_dead_lettering(delivery_limit: int) -> dict[str, Any]:
+    """Quorum queues can dead-letter at-least-once (a dead letter is never dropped in transit),
+    which RabbitMQ allows only together with the reject-publish overflow policy."""
+    return {
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": delivery_limit,
+    }

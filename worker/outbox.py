@@ -1,0 +1,51 @@
+"""Where the fake senders (e-mail, admin notifications, reports) record what they "sent".
+
+It is a Redis list per kind in the result backend's Redis, so tests and operators can read what a
+task did without a real mail server. Entries expire with the results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import lru_cache
+from typing import Any
+
+import redis
+
+KEY_PREFIX = "brokerstack:outbox:"
+#: Keep the newest entries only: the outbox is evidence, not an archive.
+MAX_ENTRIES = 10_000
+
+
+@lru_cache(maxsize=8)
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, decode_responses=True)
+
+
+class Outbox:
+    def __init__(self, url: str, ttl_seconds: int = 24 * 3600) -> None:
+        self.url = url
+        self.ttl_seconds = ttl_seconds
+
+    def record(self, kind: str, **entry: Any) -> dict[str, Any]:
+        entry = {"kind": kind, "at": time.time(), **entry}
+        key = KEY_PREFIX + kind
+        with _client(self.url).pipeline() as pipe:
+            pipe.rpush(key, json.dumps(entry))
+            pipe.ltrim(key, -MAX_ENTRIES, -1)
+            pipe.expire(key, self.ttl_seconds)
+            pipe.execute()
+        return entry
+
+    def read(self, kind: str) -> list[dict[str, Any]]:
+        return [json.loads(item) for item in _client(self.url).lrange(KEY_PREFIX + kind, 0, -1)]
+
+    def clear(self, kind: str) -> None:
+        _client(self.url).delete(KEY_PREFIX + kind)
+
+
+def outbox_for(app: Any) -> Outbox:
+    """The outbox of a brokerstack Celery app (see worker.celery_app.create_celery)."""
+    settings = app.brokerstack_settings
+    return Outbox(settings.result_backend, ttl_seconds=settings.result_expires)

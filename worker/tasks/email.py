@@ -1,0 +1,79 @@
+"""E-mail and signup notifications, sent through a fake mail API that records what it sent.
+
+The fake API can be told to fail, so the retry paths are exercised for real: ``fail_times`` makes
+the first attempts raise a transient error (retried automatically with exponential backoff and
+jitter), ``rate_limited_times`` makes them answer "slow down" (retried by hand after the delay the
+server asked for).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+
+from worker.outbox import outbox_for
+
+#: Retries after the first attempt before the task fails for good.
+EMAIL_MAX_RETRIES = 3
+#: Exponential backoff base (seconds): waits are drawn from 0..1, 0..2, 0..4 s (full jitter).
+EMAIL_RETRY_BACKOFF = 1
+EMAIL_RETRY_BACKOFF_MAX = 60
+
+
+class EmailDeliveryError(Exception):
+    """The mail server failed in a way worth retrying (timeout, 5xx)."""
+
+
+class EmailRateLimited(Exception):
+    """The mail server asked us to come back after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited, retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+def _fake_mail_api(app: Any, *, to: str, subject: str, attempt: int, fail_times: int, rate_limited_times: int) -> dict:
+    if attempt < rate_limited_times:
+        raise EmailRateLimited(retry_after=1)
+    if attempt < fail_times:
+        raise EmailDeliveryError(f"mail server unavailable (attempt {attempt + 1})")
+    return outbox_for(app).record("email", to=to, subject=subject, attempt=attempt + 1)
+
+
+@shared_task(
+    bind=True,
+    autoretry_for=(EmailDeliveryError,),
+    max_retries=EMAIL_MAX_RETRIES,
+    retry_backoff=EMAIL_RETRY_BACKOFF,
+    retry_backoff_max=EMAIL_RETRY_BACKOFF_MAX,
+    retry_jitter=True,
+)
+def send_email(
+    self: Task, user_id: str, email: str, fail_times: int = 0, rate_limited_times: int = 0
+) -> dict[str, Any]:
+    try:
+        _fake_mail_api(
+            self.app,
+            to=email,
+            subject="Hello from brokerstack",
+            attempt=self.request.retries,
+            fail_times=fail_times,
+            rate_limited_times=rate_limited_times,
+        )
+    except EmailRateLimited as exc:
+        # The manual path: the server told us when to come back, so wait exactly that long.
+        raise self.retry(exc=exc, countdown=exc.retry_after) from exc
+    return {"status": "sent", "user_id": user_id, "email": email, "attempts": self.request.retries + 1}
+
+
+@shared_task(bind=True, autoretry_for=(EmailDeliveryError,), max_retries=EMAIL_MAX_RETRIES, retry_backoff=True)
+def send_welcome_email(self: Task, user_id: str, email: str) -> dict[str, Any]:
+    outbox_for(self.app).record("welcome_email", user_id=user_id, to=email)
+    return {"status": "sent", "user_id": user_id}
+
+
+@shared_task(bind=True)
+def notify_admin_new_signup(self: Task, user_id: str) -> dict[str, Any]:
+    outbox_for(self.app).record("admin_notification", user_id=user_id)
+    return {"status": "notified", "user_id": user_id}

@@ -1,0 +1,32 @@
+"""Tasks for failure injection and benchmarks: they do nothing, wait, or fail on purpose."""
+
+from __future__ import annotations
+
+import time
+
+from celery import shared_task
+
+#: Longest accepted sleep, so a typo cannot park a worker for days.
+MAX_SLEEP_SECONDS = 3600
+
+
+class InjectedFailure(Exception):
+    """Raised by ``fail``: a deliberate, permanent task failure."""
+
+
+@shared_task
+def noop() -> None:
+    return None
+
+
+@shared_task
+def sleep(seconds: float) -> float:
+    if not 0 <= seconds <= MAX_SLEEP_SECONDS:
+        raise ValueError(f"seconds must be between 0 and {MAX_SLEEP_SECONDS}")
+    time.sleep(seconds)
+    return seconds
+
+
+@shared_task(max_retries=0)
+def fail(message: str = "failed on purpose") -> None:
+    raise InjectedFailure(message)
