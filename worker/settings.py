@@ -121,6 +121,17 @@ class Settings(BaseSettings):
         backend = ("RESULT_BACKEND_URL", self.result_backend_url) if self.result_backend_url else ("REDIS_URL", self.redis_url)
         return urls if backend in urls else [*urls, backend]
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, for a worker or API started as a subprocess."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
     @property
     def broker_url(self) -> str:
         return self.redis_url if self.broker_profile == "redis" else self.rabbitmq_url

@@ -90,8 +90,9 @@ def read_status(producer: Producer, task_id: str) -> TaskStatus:
 
 
 def _error_from(value: Any, state: str) -> TaskError:
-    """Celery stores exceptions as {"exc_type", "exc_message", ...} with the JSON serializer; read
-    them as data rather than re-creating exception objects from the backend."""
+    """The backend hands failures back as exception objects (rebuilt from the JSON it stored)."""
+    if isinstance(value, BaseException):
+        return TaskError(type=type(value).__name__, message=str(value))
     if isinstance(value, dict) and "exc_type" in value:
         message = value.get("exc_message")
         if isinstance(message, list | tuple):

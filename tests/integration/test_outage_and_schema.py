@@ -1,0 +1,79 @@
+"""The API when the broker goes away and comes back, and a property-based run of its OpenAPI
+schema: on both profiles, real brokers."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import hypothesis
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given
+
+from tests.helpers import run_task, wait_for, wait_for_task
+
+pytestmark = pytest.mark.integration
+
+#: The issue's bound: a publish with the broker down is answered within this many seconds.
+UNAVAILABLE_WITHIN = 5.0
+
+
+def test_broker_down_means_503_fast_and_recovery_without_restarts(own_broker, own_settings, make_api, start_worker):
+    api = make_api(own_settings)
+    worker = start_worker(own_settings)
+    assert run_task(api, "add", args=[1, 1])["result"] == 2
+
+    own_broker.stop()
+    for _ in range(3):  # every request, not just the first, is bounded
+        started = time.monotonic()
+        response = api.post("/tasks/add", json={"args": [2, 3]})
+        elapsed = time.monotonic() - started
+        assert response.status_code == 503, response.text
+        assert elapsed <= UNAVAILABLE_WITHIN, f"503 took {elapsed:.2f} s"
+        assert response.json()["error"] == "broker_unavailable"
+        assert response.headers["Retry-After"]
+    ready = api.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["broker"]["ok"] is False
+    assert ready.json()["profile"] == own_settings.broker_profile
+
+    own_broker.start()
+    own_broker.wait_ready()
+    # Neither the API nor the worker is restarted: both reconnect by themselves.
+    accepted = wait_for(
+        lambda: (r := api.post("/tasks/add", json={"args": [2, 3]})).status_code == 202 and r.json(),
+        30,
+        "the API to accept tasks again",
+        interval=0.5,
+    )
+    assert wait_for_task(api, accepted["task_id"], timeout=90)["result"] == 5
+    assert worker.is_running()
+    assert api.get("/readyz").status_code == 200
+
+
+def test_openapi_schema_fuzzing_finds_no_server_errors(settings, make_api):
+    api = make_api(settings)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
+    failures = []
+    seen = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        documented = {str(code) for code in operation.definition.raw.get("responses", {})}
+
+        @given(case=operation.as_strategy())
+        @hypothesis.settings(
+            max_examples=40, deadline=None, derandomize=True, database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def no_undocumented_5xx(case):
+            response = case.call()
+            seen.append(response.status_code)
+            if response.status_code >= 500 and not (response.status_code == 503 and "503" in documented):
+                failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:200]}")
+
+        no_undocumented_5xx()
+    assert not failures, "\n".join(failures)
+    # The run reached the happy paths as well as the refusals, or it proved little.
+    statuses = collections.Counter(seen)
+    assert statuses[202] > 0 and statuses[422] > 0 and sum(statuses.values()) > 100, statuses
