@@ -10,6 +10,7 @@ import importlib
 
 from celery import Celery
 
+from worker import ledger  # noqa: F401 - connects the execution-ledger signal handlers
 from worker.config import TASK_MODULES, build_celery_config
 from worker.settings import ConfigError, Settings, load_settings
 

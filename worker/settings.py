@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     heartbeat_interval: float = Field(default=60.0, gt=0)
 
+    # --- failure-injection instrumentation (lab.chaos) -------------------------------------------
+    #: A Redis outside the broker under test where workers log every task start and finish.
+    ledger_url: str | None = None
+    ledger_run: str = "default"
+
     # --- producer (API) -----------------------------------------------------------------------
     api_key: SecretStr | None = None
     #: Upper bound for one publish, broker down included; the API answers 503 after it.
@@ -89,9 +94,9 @@ class Settings(BaseSettings):
             _checked_url(part.strip(), AMQP_SCHEMES)
         return value
 
-    @field_validator("result_backend_url")
+    @field_validator("result_backend_url", "ledger_url")
     @classmethod
-    def _check_result_backend_url(cls, value: str | None) -> str | None:
+    def _check_optional_redis_url(cls, value: str | None) -> str | None:
         return None if not value else _checked_url(value, REDIS_SCHEMES)
 
     @model_validator(mode="after")

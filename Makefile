@@ -1,0 +1,41 @@
+# brokerstack developer entry points. `make test` is the README's test command and what CI runs.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+PYTEST  := $(PY) -m pytest
+STAMP   := $(VENV)/.installed-stamp
+
+.PHONY: test test-unit test-integration test-process test-chaos test-compose venv clean-nodes
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,flower]'
+	touch $(STAMP)
+
+# Everything CI runs: the whole suite on the default driver (containers when Docker answers),
+# then the broker-backed integration tests once more on local broker processes.
+test: venv
+	$(PYTEST) tests -m "not slow"
+	BROKERSTACK_TEST_DRIVER=process $(PYTEST) tests/integration -m "integration and not slow"
+
+test-unit: venv
+	$(PYTEST) tests/unit
+
+test-integration: venv
+	$(PYTEST) tests/integration -m integration
+
+test-process: venv
+	BROKERSTACK_TEST_DRIVER=process $(PYTEST) tests/integration -m integration
+
+test-chaos: venv
+	$(PYTEST) tests/chaos -m chaos
+
+test-compose: venv
+	$(PYTEST) tests/compose -m compose
+
+# Leftover broker containers/processes of a crashed run.
+clean-nodes: venv
+	$(PY) -c "from lab.nodes import remove_stale_nodes; print(remove_stale_nodes())"

@@ -1,0 +1,70 @@
+"""Choosing a driver and building nodes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, get_args
+
+from .base import BrokerKind, BrokerNode, DriverName, RabbitOptions, RedisOptions
+
+#: Environment variable selecting the driver when make_node() is not told.
+DRIVER_ENV = "BROKERSTACK_TEST_DRIVER"
+DriverChoice = DriverName | Literal["auto"]
+_CHOICES: tuple[str, ...] = ("auto", *get_args(DriverName))
+
+
+def docker_available() -> bool:
+    """True if a Docker engine answers (short timeout)."""
+    from .docker import docker_available as ping
+
+    return ping()
+
+
+def resolve_driver(driver: DriverChoice | None = None) -> DriverName:
+    """driver, else $BROKERSTACK_TEST_DRIVER, else "auto"; "auto" means docker
+    when an engine answers, process otherwise."""
+    source = "driver argument"
+    if driver is None:
+        driver = os.environ.get(DRIVER_ENV, "").strip().lower() or "auto"  # type: ignore[assignment]
+        source = DRIVER_ENV
+    if driver not in _CHOICES:
+        raise ValueError(f"{source} must be one of {', '.join(_CHOICES)}, not {driver!r}")
+    if driver == "auto":
+        return "docker" if docker_available() else "process"
+    return driver  # type: ignore[return-value]
+
+
+def make_node(
+    kind: BrokerKind,
+    driver: DriverChoice | None = None,
+    *,
+    redis: RedisOptions | None = None,
+    rabbit: RabbitOptions | None = None,
+    name: str | None = None,
+    base_dir: str | Path | None = None,
+) -> BrokerNode:
+    """A not-yet-started node of kind on the chosen driver.
+
+    Options of the other kind are an error rather than silently ignored.
+    base_dir only matters to the process driver (default
+    $BROKERSTACK_NODES_DIR or /tmp/brokerstack-nodes).
+    """
+    if kind not in get_args(BrokerKind):
+        raise ValueError(f"kind must be one of {get_args(BrokerKind)}, not {kind!r}")
+    if kind == "redis" and rabbit is not None:
+        raise ValueError("RabbitOptions given for a redis node")
+    if kind == "rabbitmq" and redis is not None:
+        raise ValueError("RedisOptions given for a rabbitmq node")
+    chosen = resolve_driver(driver)
+    if chosen == "docker":
+        from .docker import DockerRabbitNode, DockerRedisNode
+
+        if kind == "redis":
+            return DockerRedisNode(name, redis)
+        return DockerRabbitNode(name, rabbit)
+    from .process import ProcessRabbitNode, ProcessRedisNode
+
+    if kind == "redis":
+        return ProcessRedisNode(name, redis, base_dir=base_dir)
+    return ProcessRabbitNode(name, rabbit, base_dir=base_dir)
