@@ -55,8 +55,11 @@ class Settings(BaseSettings):
     #: Seconds an unacknowledged Redis message stays invisible before another worker gets it.
     #: Must exceed the longest task run *and* the longest countdown/ETA, or tasks run twice.
     redis_visibility_timeout: int = Field(default=7200, ge=1)
-    #: How often workers sweep for unacked messages whose visibility timeout has passed.
+    #: Workers look for unacked messages whose visibility timeout has passed every INTERVAL
+    #: seconds but scan Redis only on every THROTTLE-th look, so an abandoned message comes back
+    #: up to about INTERVAL x THROTTLE seconds after its visibility timeout (kombu's defaults: 10 x 10).
     redis_unacked_restore_interval: float = Field(default=10.0, gt=0)
+    redis_unacked_restore_throttle: int = Field(default=10, ge=1)
 
     # --- tasks and workers --------------------------------------------------------------------
     task_time_limit: int = Field(default=30 * 60, ge=1)

@@ -43,6 +43,7 @@ class RedisProfile(BrokerProfile):
         return {
             "visibility_timeout": self.settings.redis_visibility_timeout,
             "unacked_restore_interval": self.settings.redis_unacked_restore_interval,
+            "unacked_restore_throttle": self.settings.redis_unacked_restore_throttle,
             "priority_steps": PRIORITY_STEPS,
             "socket_connect_timeout": self.settings.broker_connection_timeout,
             # Bounds a publish to a Redis that stopped answering; consumers block in BRPOP for
