@@ -11,6 +11,7 @@ import importlib
 from celery import Celery
 
 from worker import ledger  # noqa: F401 - connects the execution-ledger signal handlers
+from worker.dead_letters import hooks  # noqa: F401 - connects the dead-letter signal handlers
 from worker.config import TASK_MODULES, build_celery_config
 from worker.settings import ConfigError, Settings, load_settings
 

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 KEY_PREFIX = "brokerstack:outbox:"
+SWITCH_PREFIX = "brokerstack:switch:"
 #: Keep the newest entries only: the outbox is evidence, not an archive.
 MAX_ENTRIES = 10_000
 
@@ -43,6 +44,16 @@ class Outbox:
 
     def clear(self, kind: str) -> None:
         _client(self.url).delete(KEY_PREFIX + kind)
+
+    # Switches the fake services read, so a test or an operator can break and mend them.
+    def set_switch(self, name: str, on: bool) -> None:
+        if on:
+            _client(self.url).set(SWITCH_PREFIX + name, "1")
+        else:
+            _client(self.url).delete(SWITCH_PREFIX + name)
+
+    def switch(self, name: str) -> bool:
+        return bool(_client(self.url).exists(SWITCH_PREFIX + name))
 
 
 def outbox_for(app: Any) -> Outbox:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,14 +11,17 @@ from fastapi import FastAPI
 from services.api.body_limit import BodySizeLimit
 from services.api.catalog import TaskCatalog
 from services.api.errors import install_error_handlers
-from services.api.producer import Producer
-from services.api.routes import health, tasks, users, workflows
+from services.api.producer import Producer, ServiceUnavailable
+from services.api.routes import dlq, health, metrics, tasks, users, workflows
 from worker.celery_app import create_celery, settings_or_exit
+from worker.dead_letters import store_for
 from worker.settings import Settings
 
 #: Threads that run blocking broker calls. Celery's connection pool (BROKER_POOL_LIMIT) is the real
 #: limit on concurrent publishes; a few more threads let result reads proceed meanwhile.
 EXTRA_THREADS = 4
+
+logger = logging.getLogger("brokerstack.api")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -29,6 +33,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # RabbitMQ drops a dead letter whose queue does not exist yet (say a task expires before
+        # any worker ran): declare it now if the broker is there; workers declare it too.
+        try:
+            await producer.publish(app.state.dead_letters.ensure_declared)
+        except ServiceUnavailable as exc:
+            logger.warning("broker not reachable at start-up (%s); serving 503 until it is", exc.detail)
         yield
         producer.close()
 
@@ -42,7 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.producer = producer
     app.state.catalog = TaskCatalog(celery_app, settings)
     app.state.users = users.UserRepository()
-    for module in (health, tasks, workflows, users):
+    app.state.dead_letters = store_for(celery_app)
+    for module in (health, metrics, tasks, workflows, users, dlq):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)

@@ -25,6 +25,7 @@ def _http_error_name(code: int) -> str:
     return {
         400: "bad_request",
         401: "unauthorized",
+        403: "forbidden",
         404: "not_found",
         405: "method_not_allowed",
         409: "conflict",

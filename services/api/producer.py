@@ -15,37 +15,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-import amqp.exceptions
-import kombu.exceptions
-import redis.exceptions
 from celery import Celery
 from celery.result import AsyncResult, GroupResult
 
+from worker.errors import BACKEND_ERRORS, BROKER_ERRORS
+
 T = TypeVar("T")
-
-#: Errors that mean "the broker did not take the message"; anything else is a bug and surfaces.
-BROKER_ERRORS: tuple[type[BaseException], ...] = (
-    kombu.exceptions.OperationalError,
-    kombu.exceptions.ConnectionError,
-    amqp.exceptions.RecoverableConnectionError,
-    amqp.exceptions.ConnectionError,
-    amqp.exceptions.ChannelError,
-    amqp.exceptions.MessageNacked,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
-    TimeoutError,
-    OSError,
-)
-BACKEND_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    ConnectionError,
-    TimeoutError,
-    OSError,
-)
-
 
 class ServiceUnavailable(Exception):
     """A dependency did not answer in time; the API turns this into 503."""
@@ -74,10 +49,18 @@ class Producer:
         self.celery = celery_app
         self.timeout = timeout
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="publish")
+        #: Outcomes of broker calls since start, for /metrics.
+        self.counts = {"ok": 0, "unavailable": 0}
 
     async def publish(self, fn: Callable[[], T]) -> T:
         """Run a publishing call (returns what ``fn`` returns) or raise BrokerUnavailable."""
-        return await self._call(fn, BROKER_ERRORS, BrokerUnavailable, "broker")
+        try:
+            result = await self._call(fn, BROKER_ERRORS, BrokerUnavailable, "broker")
+        except BrokerUnavailable:
+            self.counts["unavailable"] += 1
+            raise
+        self.counts["ok"] += 1
+        return result
 
     async def read(self, fn: Callable[[], T]) -> T:
         """Run a result-backend read or raise ResultBackendUnavailable."""

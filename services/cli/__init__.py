@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import config_cmd
+from services.cli import config_cmd, dlq_cmd
 
 app = typer.Typer(
     name="brokerstack",
@@ -17,6 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(dlq_cmd.app, name="dlq")
 
 
 def main() -> None:

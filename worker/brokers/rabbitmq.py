@@ -49,7 +49,10 @@ class RabbitMQProfile(BrokerProfile):
                 DEAD_LETTER_QUEUE,
                 bindings=[binding(exchange, routing_key=dead_letter_routing_key(q)) for q in WORK_QUEUES],
                 durable=True,
-                queue_arguments={"x-queue-type": self.settings.rabbitmq_queue_type},
+                # Classic even beside quorum work queues: operators read dead letters by taking
+                # them and handing them back, which a quorum queue would count towards its
+                # delivery limit (and then drop).
+                queue_arguments={"x-queue-type": "classic"},
             )
         ]
 

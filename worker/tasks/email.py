@@ -3,7 +3,8 @@
 The fake API can be told to fail, so the retry paths are exercised for real: ``fail_times`` makes
 the first attempts raise a transient error (retried automatically with exponential backoff and
 jitter), ``rate_limited_times`` makes them answer "slow down" (retried by hand after the delay the
-server asked for).
+server asked for), and the outbox switch ``MAIL_SERVER_DOWN`` takes the whole server down until
+it is switched off again (a fault to fix before replaying dead letters).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ EMAIL_MAX_RETRIES = 3
 #: Exponential backoff base (seconds): waits are drawn from 0..1, 0..2, 0..4 s (full jitter).
 EMAIL_RETRY_BACKOFF = 1
 EMAIL_RETRY_BACKOFF_MAX = 60
+#: Outbox switch: while on, every send fails as if the mail server were down.
+MAIL_SERVER_DOWN = "mail_server_down"
 
 
 class EmailDeliveryError(Exception):
@@ -34,11 +37,14 @@ class EmailRateLimited(Exception):
 
 
 def _fake_mail_api(app: Any, *, to: str, subject: str, attempt: int, fail_times: int, rate_limited_times: int) -> dict:
+    outbox = outbox_for(app)
+    if outbox.switch(MAIL_SERVER_DOWN):
+        raise EmailDeliveryError("mail server down")
     if attempt < rate_limited_times:
         raise EmailRateLimited(retry_after=1)
     if attempt < fail_times:
         raise EmailDeliveryError(f"mail server unavailable (attempt {attempt + 1})")
-    return outbox_for(app).record("email", to=to, subject=subject, attempt=attempt + 1)
+    return outbox.record("email", to=to, subject=subject, attempt=attempt + 1)
 
 
 @shared_task(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from celery import shared_task
@@ -30,3 +31,10 @@ def sleep(seconds: float) -> float:
 @shared_task(max_retries=0)
 def fail(message: str = "failed on purpose") -> None:
     raise InjectedFailure(message)
+
+
+@shared_task
+def crash() -> None:
+    """Kills the worker process running it, like an OOM kill. Not exposed through the API: it is
+    for demonstrating redelivery loops and delivery limits."""
+    os._exit(137)

@@ -1,0 +1,30 @@
+"""Exceptions that mean "the broker (or the result backend) is not there", from any of the client
+libraries underneath Celery. Anything else is a bug and should surface as one."""
+
+from __future__ import annotations
+
+import amqp.exceptions
+import kombu.exceptions
+import redis.exceptions
+
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    kombu.exceptions.OperationalError,
+    kombu.exceptions.ConnectionError,
+    amqp.exceptions.RecoverableConnectionError,
+    amqp.exceptions.ConnectionError,
+    amqp.exceptions.ChannelError,
+    amqp.exceptions.MessageNacked,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
