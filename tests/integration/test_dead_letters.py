@@ -111,6 +111,20 @@ def test_exhausted_retries_land_with_the_exception_and_replay_after_the_fix(app,
     assert [e for e in outbox.read("email") if e["to"] == email]
 
 
+def test_hard_time_limit_is_dead_lettered_too(app, settings, start_worker, dlq):
+    # Celery acks a task killed by its hard limit (requeueing would kill the next worker too), so
+    # the broker never sees it die: the worker dead-letters it itself, on both brokers.
+    start_worker(settings, pool="prefork", concurrency=1)
+    # Celery arms the hard limit only once the soft one fired: the task must outlive both.
+    killed = app.tasks["worker.tasks.tools.sleep"].apply_async(
+        (30,), {"ignore_soft_limit": True}, soft_time_limit=1, time_limit=2
+    )
+    letter = wait_for_letter(dlq, killed.id)
+    assert letter.reason == "failed"
+    assert letter.exception.startswith("TimeLimitExceeded")
+    assert (letter.name, letter.args, letter.queue) == ("worker.tasks.tools.sleep", [30], "default")
+
+
 def test_a_replay_that_fails_again_links_to_its_old_record(app, settings, start_worker, dlq):
     start_worker(settings)
     first = app.tasks["worker.tasks.tools.fail"].apply_async(("still broken",))

@@ -6,6 +6,7 @@ import os
 import time
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 #: Longest accepted sleep, so a typo cannot park a worker for days.
 MAX_SLEEP_SECONDS = 3600
@@ -21,10 +22,18 @@ def noop() -> None:
 
 
 @shared_task
-def sleep(seconds: float) -> float:
+def sleep(seconds: float, ignore_soft_limit: bool = False) -> float:
+    """Waits ``seconds``. ``ignore_soft_limit`` plays a task stuck where the soft time limit
+    cannot reach it (C code, a blocking call), so only the hard limit ends it."""
     if not 0 <= seconds <= MAX_SLEEP_SECONDS:
         raise ValueError(f"seconds must be between 0 and {MAX_SLEEP_SECONDS}")
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            time.sleep(left)
+        except SoftTimeLimitExceeded:
+            if not ignore_soft_limit:
+                raise
     return seconds
 
 
