@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from kombu.exceptions import ContentDisallowed
@@ -13,7 +14,7 @@ from kombu.serialization import loads
 from worker.brokers.redis import PRIORITY_STEPS, TRANSPORT_PATH
 from worker.celery_app import create_celery
 from worker.config import build_celery_config
-from worker.settings import ConfigError, load_settings
+from worker.settings import ConfigError, Settings, load_settings
 from worker.topology import DEAD_LETTER_EXCHANGE, PRIORITY_MAX, WORK_QUEUES
 
 
@@ -178,3 +179,9 @@ def test_worker_start_with_bad_profile_prints_one_line():
     assert done.stderr.strip().splitlines() == [
         "brokerstack: configuration error: BROKER_PROFILE: 'kafka' is not one of 'redis' or 'rabbitmq'"
     ]
+
+
+def test_every_setting_is_documented():
+    reference = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in reference]
+    assert not missing, f"document these in docs/configuration.md: {missing}"
