@@ -8,11 +8,15 @@ free ports otherwise (BROKERSTACK_TEST_DRIVER=auto|docker|process).
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # no Ryuk image without a registry
+# Records that tests write (priority, chaos, bench) go to a scratch directory: the committed
+# results/ hold the runs the docs were generated from, made on purpose with the CLI.
+os.environ.setdefault("BROKERSTACK_RESULTS_DIR", tempfile.mkdtemp(prefix="brokerstack-test-results-"))
 
 import pytest
 from fastapi.testclient import TestClient

@@ -1,0 +1,53 @@
+"""``brokerstack priority``: measure where urgent tasks finish behind a backlog, per broker and
+queue type, and keep the records for the ops report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lab.nodes import make_node
+from lab.priority import BACKLOG, URGENT, measure_priority
+from lab.results import RESULTS_DIR_ENV
+from lab.stack import settings_for
+
+#: What is measured by default: Redis, and RabbitMQ with each queue type.
+CASES = (("redis", None), ("rabbitmq", "classic"), ("rabbitmq", "quorum"))
+console = Console(stderr=True)
+
+
+def priority(
+    driver: str = typer.Option(None, help="docker | process (default: BROKERSTACK_TEST_DRIVER, else auto)"),
+    backlog: int = typer.Option(BACKLOG, min=1, help="low-priority tasks queued first"),
+    urgent: int = typer.Option(URGENT, min=1, help="urgent tasks queued after them"),
+    results_dir: Path = typer.Option(None, help=f"where records go (default: ${RESULTS_DIR_ENV} or results/)"),
+    as_json: bool = typer.Option(False, "--json", help="the records as one JSON line on stdout"),
+) -> None:
+    """Backlog of low-priority tasks, then urgent ones, then one worker: rank the completions on
+    Redis, RabbitMQ classic and RabbitMQ quorum queues (fresh broker nodes each)."""
+    import os
+
+    if results_dir is not None:
+        os.environ[RESULTS_DIR_ENV] = str(results_dir)
+    records = []
+    with make_node("redis", driver, name="priority-results") as results:
+        for kind, queue_type in CASES:
+            console.print(f"[bold]{kind}{' ' + queue_type if queue_type else ''}[/]: {backlog} low, then {urgent} urgent")
+            with make_node(kind, driver) as broker:
+                overrides = {"rabbitmq_queue_type": queue_type} if queue_type else {}
+                settings = settings_for(broker, results, **overrides)
+                records.append(measure_priority(settings, broker, backlog=backlog, urgent=urgent))
+    if as_json:
+        typer.echo(json.dumps(records))
+        return
+    table = Table(title="mean rank of the urgent tasks among all completions (lower is better)")
+    for column in ("broker", "version", "queue type", "mean rank", "ideal", "FIFO", "last urgent at"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(r["broker"], r["broker_version"], r["queue_type"], f"{r['mean_rank_high']:.1f}",
+                      f"{r['ideal_mean_rank']:.1f}", f"{r['fifo_mean_rank']:.1f}", str(r["last_high_rank"]))
+    Console().print(table)
