@@ -1,0 +1,280 @@
+"""Driving one compose stack from a test: ``docker compose`` with a project name, ports and
+credentials of its own, so a test run never touches a stack (or a port) that somebody else runs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lab.nodes.ports import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+ENV_EXAMPLE = REPO / ".env.example"
+COMPOSE_FILES_SHARED = (REPO / "deploy" / "compose.common.yml",)
+#: The services built from the brokerstack image (the rest are brokers).
+APP_SERVICES = ("api", "worker-high", "worker-default", "beat", "flower")
+#: The image tag the tests build and run, apart from a developer's brokerstack:local.
+TEST_IMAGE = "brokerstack:compose-test"
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    name: str
+    file: str
+    #: The service that the restart tests kill.
+    broker: str
+    #: Every variable that sets a published port.
+    port_variables: tuple[str, ...]
+    services: tuple[str, ...]
+
+    @property
+    def path(self) -> Path:
+        return REPO / self.file
+
+
+STACKS = (
+    StackSpec(
+        name="redis",
+        file="compose.redis.yml",
+        broker="redis",
+        port_variables=("API_PORT", "FLOWER_PORT", "REDIS_PORT"),
+        services=("redis", *APP_SERVICES),
+    ),
+    StackSpec(
+        name="rabbitmq",
+        file="compose.rabbitmq.yml",
+        broker="rabbitmq",
+        port_variables=(
+            "API_PORT",
+            "FLOWER_PORT",
+            "REDIS_PORT",
+            "RABBITMQ_PORT",
+            "RABBITMQ_MANAGEMENT_PORT",
+            "RABBITMQ_PROMETHEUS_PORT",
+        ),
+        services=("rabbitmq", "redis", *APP_SERVICES),
+    ),
+)
+
+
+def documented_variables() -> list[str]:
+    """The variables .env.example sets (``NAME=value`` lines, not the commented examples)."""
+    return re.findall(r"^([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), flags=re.MULTILINE)
+
+
+def interpolated_variables(*paths: Path) -> set[str]:
+    """Every ``${NAME`` a compose file interpolates (comments left out)."""
+    names: set[str] = set()
+    for path in paths:
+        for line in path.read_text().splitlines():
+            code = line.split("#", 1)[0] if not line.lstrip().startswith("#") else ""
+            names.update(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", code))
+    return names
+
+
+def docker_problem() -> str | None:
+    """Why the compose tests cannot run here, or None."""
+    if shutil.which("docker") is None:
+        return "no docker CLI"
+    try:
+        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=30)
+        if info.returncode != 0:
+            return f"no Docker engine answers: {info.stderr.strip()[:200]}"
+        version = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=30)
+        if version.returncode != 0:
+            return "no docker compose plugin"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"docker does not answer: {exc}"
+    return None
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without anything the compose files interpolate, so that a
+    variable exported in the shell cannot change what the tests run."""
+    drop = set(documented_variables()) | interpolated_variables(
+        *(spec.path for spec in STACKS), *COMPOSE_FILES_SHARED
+    )
+    return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("COMPOSE_")}
+
+
+class ComposeError(RuntimeError):
+    pass
+
+
+@dataclass
+class ComposeStack:
+    """One stack under test: ``docker compose -p <unique> -f <file>`` with its own env."""
+
+    spec: StackSpec
+    project: str
+    env: dict[str, str]
+    env_file: Path
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, spec: StackSpec, *, environment: str = "production") -> ComposeStack:
+        """A stack on free ports, with credentials of its own (none of them a development one,
+        so it runs with ENVIRONMENT=production)."""
+        env_file = Path(tempfile.mkstemp(prefix="brokerstack-compose-", suffix=".env")[1])
+        overrides = {var: str(free_port()) for var in spec.port_variables}
+        overrides.update(
+            ENVIRONMENT=environment,
+            REDIS_PASSWORD="redis-" + secrets.token_hex(8),
+            RABBITMQ_PASSWORD="rabbit-" + secrets.token_hex(8),
+            API_KEY="key-" + secrets.token_hex(8),
+            FLOWER_PASSWORD="flower-" + secrets.token_hex(8),
+            BROKERSTACK_IMAGE=TEST_IMAGE,
+            # The app containers get this (empty) file instead of a developer's .env.
+            BROKERSTACK_ENV_FILE=str(env_file),
+        )
+        project = f"bstest-{spec.name}-{secrets.token_hex(3)}"
+        stack = cls(spec=spec, project=project, env=clean_environ() | overrides, env_file=env_file)
+        _LIVE[project] = stack
+        return stack
+
+    # --- docker compose -----------------------------------------------------------------------
+
+    def command(self, *args: str) -> list[str]:
+        return [
+            "docker", "compose",
+            "--project-name", self.project,
+            "--file", str(self.spec.path),
+            "--env-file", str(self.env_file),
+            *args,
+        ]  # fmt: skip
+
+    def compose(
+        self, *args: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        try:
+            result = subprocess.run(
+                self.command(*args), cwd=REPO, env=env or self.env, capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ComposeError(f"docker compose {' '.join(args)}: no answer after {timeout:g} s") from exc
+        if check and result.returncode != 0:
+            raise ComposeError(
+                f"docker compose {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}{result.stdout[-2000:]}"
+            )
+        return result
+
+    def down(self) -> None:
+        try:
+            self.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", timeout=300, check=False)
+        finally:
+            _LIVE.pop(self.project, None)
+            self.env_file.unlink(missing_ok=True)
+
+    def logs(self, tail: int = 60) -> str:
+        result = self.compose("logs", "--no-color", "--tail", str(tail), timeout=60, check=False)
+        return result.stdout + result.stderr
+
+    # --- containers ---------------------------------------------------------------------------
+
+    def container_ids(self, service: str) -> list[str]:
+        out = self.compose("ps", "--all", "--quiet", service, timeout=60).stdout
+        return out.split()
+
+    def inspect(self, service: str) -> dict[str, Any]:
+        """``docker inspect`` of the service's (first) container."""
+        ids = self.container_ids(service)
+        if not ids:
+            raise ComposeError(f"no container for service {service}")
+        out = subprocess.run(["docker", "inspect", ids[0]], capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(out.stdout)[0]
+
+    def health(self, service: str) -> str:
+        state = self.inspect(service)["State"]
+        if not state["Running"]:
+            return state["Status"]
+        return state.get("Health", {}).get("Status", "running")
+
+    def all_healthy(self) -> bool:
+        return all(self.health(service) == "healthy" for service in self.spec.services)
+
+    def healthy_seconds_after_create(self) -> dict[str, float]:
+        """Per service: seconds from the first container's creation to its first passing
+        healthcheck (from docker's health log, which keeps the last five checks)."""
+        infos = {service: self.inspect(service) for service in self.spec.services}
+        first_created = min(_timestamp(info["Created"]) for info in infos.values())
+        healthy_at: dict[str, float] = {}
+        for service, info in infos.items():
+            passed = [_timestamp(e["End"]) for e in info["State"].get("Health", {}).get("Log", []) if e["ExitCode"] == 0]
+            if passed:
+                healthy_at[service] = round(min(passed) - first_created, 1)
+        return healthy_at
+
+    def restart_fingerprint(self, services: tuple[str, ...] = APP_SERVICES) -> dict[str, tuple[str, str, int]]:
+        """Container id, start time and restart count per service: equal before and after means
+        nobody (neither docker's restart policy nor the test) restarted it."""
+        fingerprint = {}
+        for service in services:
+            info = self.inspect(service)
+            fingerprint[service] = (info["Id"], info["State"]["StartedAt"], info["RestartCount"])
+        return fingerprint
+
+    # --- clients ------------------------------------------------------------------------------
+
+    def port(self, variable: str) -> int:
+        return int(self.env[variable])
+
+    def api(self, timeout: float = 15) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port('API_PORT')}",
+            headers={"X-API-Key": self.env["API_KEY"]},
+            timeout=timeout,
+        )
+
+    def flower(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port('FLOWER_PORT')}",
+            auth=("brokerstack", self.env["FLOWER_PASSWORD"]),
+            timeout=15,
+        )
+
+    def rabbitmq_management(self, user: str = "brokerstack", password: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port('RABBITMQ_MANAGEMENT_PORT')}/api",
+            auth=(user, self.env["RABBITMQ_PASSWORD"] if password is None else password),
+            timeout=15,
+        )
+
+    def write_record(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{self.spec.name}.json"
+        body = {"stack": self.spec.name, "file": self.spec.file, "measured_at": datetime.now().isoformat(timespec="seconds")}
+        path.write_text(json.dumps(body | self.record, indent=2) + "\n")
+        return path
+
+
+def _timestamp(value: str) -> float:
+    """Docker's RFC 3339 timestamps (nanoseconds, Z or offset) as epoch seconds."""
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", value)
+    if not match:
+        raise ValueError(f"unexpected timestamp {value!r}")
+    base, fraction, zone = match.groups()
+    zone = "+00:00" if zone == "Z" else zone
+    return datetime.fromisoformat(base + zone).timestamp() + float(fraction or 0)
+
+
+#: Stacks not torn down yet; the last resort is interpreter exit (a crash between up and down).
+_LIVE: dict[str, ComposeStack] = {}
+
+
+@atexit.register
+def _down_leftovers() -> None:
+    for stack in list(_LIVE.values()):
+        stack.down()
