@@ -69,8 +69,8 @@ def build_celery_config(settings: Settings) -> dict[str, Any]:
         "task_publish_retry": True,
         "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
-        # Dead-letters messages it cannot decode instead of acking them away (worker.dead_letters).
-        "worker_consumer": "worker.dead_letters.hooks:DeadLetteringConsumer",
+        # Records poison before letting it go, and reconnects to a lost broker within seconds.
+        "worker_consumer": "worker.consumer:BrokerstackConsumer",
         # --- topology -----------------------------------------------------------------------------
         "task_queues": work_queues(profile),
         "task_default_queue": DEFAULT_QUEUE,

@@ -20,6 +20,9 @@ QueueType = Literal["classic", "quorum"]
 #: process started with ENVIRONMENT=production refuses to run with any of them.
 DEVELOPMENT_SECRETS = frozenset({"brokerstack-dev", "brokerstack-dev-key", "brokerstack-test", "guest"})
 
+#: In the compose stacks users set a password, not a URL: name it in the refusal.
+COMPOSE_PASSWORD_VARIABLES = {"REDIS_URL": "REDIS_PASSWORD", "RABBITMQ_URL": "RABBITMQ_PASSWORD"}
+
 REDIS_SCHEMES = ("redis", "rediss")
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
@@ -111,9 +114,11 @@ class Settings(BaseSettings):
         for env_name, url in self._broker_urls_in_use():
             password = urlsplit(url).password
             if password in DEVELOPMENT_SECRETS or urlsplit(url).username == "guest":
+                hint = COMPOSE_PASSWORD_VARIABLES.get(env_name)
                 raise ValueError(
                     f"ENVIRONMENT=production refuses the development credentials in {env_name}: "
                     f"set {env_name} with your own user and password"
+                    + (f" (the compose stacks build it from {hint})" if hint else "")
                 )
         if self.api_key is None:
             raise ValueError("ENVIRONMENT=production requires API_KEY (sent as X-API-Key)")

@@ -3,9 +3,8 @@
 * task failures (retries used up, ``fail``, time limits, ``Reject(requeue=False)``): Celery's
   ``task_failure`` signal, in the process that saw it;
 * tasks that reached a worker after their ``expires`` time: ``task_revoked`` with ``expired``;
-* poison (unregistered task, malformed or undecodable message): the consumer's own callbacks,
-  overridden in ``DeadLetteringConsumer``. Celery's consumer *acks* a message it cannot decode,
-  which would drop it silently; this one rejects it, so RabbitMQ dead-letters it like any other.
+* poison (unregistered task, malformed or undecodable message): ``record_poison``, called by the
+  consumer (worker.consumer.BrokerstackConsumer) before it lets the message go.
 
 On RabbitMQ the rejected message is dead-lettered by the broker and the hook only adds the
 exception (``annotate``); on Redis the hook's record *is* the dead letter (``capture``).
@@ -18,7 +17,6 @@ from typing import Any
 
 from celery.exceptions import Reject, TimeLimitExceeded
 from celery.signals import task_failure, task_revoked, worker_ready
-from celery.worker.consumer import Consumer
 
 from worker.dead_letters import store_for
 from worker.dead_letters.base import REPLAY_OF_HEADER, REPLAYS_HEADER, DeadLetterStore, default_queue_for, digest_id
@@ -104,7 +102,8 @@ def _on_task_revoked(sender: Any = None, request: Any = None, expired: bool = Fa
 # --- poison: the consumer, in the worker's main process -----------------------------------------
 
 
-def _poison(consumer: Any, message: Any, exc: BaseException | None, detail: str) -> None:
+def record_poison(consumer: Any, message: Any, exc: BaseException | None, detail: str) -> None:
+    """Record a message the consumer cannot run, before it rejects it."""
     store = _store(consumer.app)
     if store is None:
         return
@@ -120,33 +119,6 @@ def _poison(consumer: Any, message: Any, exc: BaseException | None, detail: str)
     )
     action = store.annotate if store.native_rejects else store.capture
     _safely(f"record poison message {letter.id}", action, letter)
-
-
-class DeadLetteringConsumer(Consumer):
-    """Celery's consumer, recording poison before it lets go of it.
-
-    The record is written *before* the message is rejected: on RabbitMQ the dead letter is visible
-    the moment it is rejected and should already carry its reason; on Redis the rejected message
-    is gone, so the record must exist first. A message it cannot decode is rejected (so RabbitMQ
-    dead-letters it), where Celery would ack it away.
-    """
-
-    def on_unknown_task(self, body: Any, message: Any, exc: BaseException) -> None:
-        _poison(self, message, exc, "unregistered task")
-        super().on_unknown_task(body, message, exc)
-
-    def on_unknown_message(self, body: Any, message: Any) -> None:
-        _poison(self, message, None, "not a Celery task message")
-        super().on_unknown_message(body, message)
-
-    def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
-        _poison(self, message, exc, "invalid task message")
-        super().on_invalid_task(body, message, exc)
-
-    def on_decode_error(self, message: Any, exc: BaseException) -> None:
-        logger.error("dead-lettering an undecodable message (%s): %s", message.content_type, exc)
-        _poison(self, message, exc, "undecodable")
-        message.reject(requeue=False)
 
 
 @worker_ready.connect
