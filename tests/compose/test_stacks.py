@@ -11,6 +11,7 @@ Measurements go to results/compose/<stack>.json.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -283,6 +284,29 @@ def test_each_worker_consumes_only_its_queues(stack: ComposeStack, api: httpx.Cl
         assert {name.split("@")[0] for name in workers} == {"worker-high", "worker-default"}
         assert flower.get("/healthcheck").text == "OK"
         assert httpx.get(f"{flower.base_url}/api/workers").status_code == 401
+
+
+def test_a_failing_task_reaches_the_dlq_and_replays_once_fixed(stack: ComposeStack, api: httpx.Client) -> None:
+    def cli(*args: str) -> str:
+        return stack.compose("exec", "-T", "api", "python", "-m", "services.cli", *args, timeout=120).stdout
+
+    def dead_letters() -> list[dict[str, Any]]:
+        return json.loads(cli("dlq", "list", "--json"))
+
+    cli("fakes", "mail-server", "down")
+    try:
+        task_id = enqueue(api, "send_email", args=["u-dlq", "dead.letter@example.com"])
+        [letter] = wait_for(
+            lambda: [r for r in dead_letters() if r["task_id"] == task_id], 120, "the dead letter", interval=2
+        )
+    finally:
+        cli("fakes", "mail-server", "up")  # the fix
+    assert (letter["reason"], letter["queue"]) == ("failed", "high_priority")
+    assert letter["exception"] == "EmailDeliveryError: mail server down"
+    replayed = re.search(r"-> task (\S+) on high_priority", cli("dlq", "replay", task_id))
+    assert replayed, "no replay line"
+    assert wait_result(api, replayed.group(1))["status"] == "sent"
+    assert task_id not in {r["task_id"] for r in dead_letters()}
 
 
 def test_rabbitmq_has_its_definitions_and_no_guest(stack: ComposeStack) -> None:

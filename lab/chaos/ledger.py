@@ -1,0 +1,382 @@
+"""The ledger of a chaos run, kept outside the broker under test, and its accounting.
+
+Two halves:
+
+* the **producer side** (:class:`ProducerLedger`, in the runner's memory, saved to SQLite at the
+  end): every enqueue attempt, invoked before the publish, completed as ``ok`` (the producer got
+  its acknowledgement: a publisher confirm, a Redis reply, an HTTP 202) or ``fail`` (an error or a
+  non-202 answer: the task may or may not have been stored);
+* the **execution side** (:class:`ExecutionLog`): every task start and finish, appended by the
+  workers themselves (``worker.ledger``) to a list in a Redis node that is never killed.
+
+:func:`account` counts them the way Jepsen's queue checker does. It is pure: unit tests feed it
+hand-made histories.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Outcome = Literal["pending", "ok", "fail"]
+
+
+@dataclass
+class Attempt:
+    """One enqueue attempt. ``task_id`` is None when the producer cannot choose the id (the API
+    picks it) and no acknowledgement told it; such attempts are anonymous."""
+
+    index: int
+    task_id: str | None
+    invoked_at: float
+    outcome: Outcome = "pending"
+    completed_at: float | None = None
+    error: str | None = None
+    kind: str = "task"
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.outcome == "ok"
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One entry the workers wrote: a task ``start`` or ``finish``."""
+
+    event: Literal["start", "finish"]
+    task_id: str
+    worker: str = ""
+    pid: int = 0
+    attempt: int = 0
+    redelivered: bool = False
+    t: float = 0.0
+    state: str | None = None
+    name: str = ""
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Execution:
+        data = json.loads(raw)
+        return cls(
+            event=data["event"],
+            task_id=data["task_id"],
+            worker=data.get("worker") or "",
+            pid=int(data.get("pid") or 0),
+            attempt=int(data.get("attempt") or 0),
+            redelivered=bool(data.get("redelivered")),
+            t=float(data.get("t") or 0.0),
+            state=data.get("state"),
+            name=data.get("name") or "",
+        )
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Jepsen-style counts of one run. Task ids are counted, not events, except where named."""
+
+    #: Enqueue attempts made.
+    attempted: int
+    #: Attempts the producer got an acknowledgement for.
+    acknowledged: int
+    #: Attempts the producer was told failed (error, timeout, non-202): "maybe stored".
+    unacknowledged: int
+    #: Attempted task ids that finished at least once.
+    executed: int
+    #: Acknowledged task ids that finished at least once.
+    executed_acknowledged: int
+    #: Acknowledged but never executed: the number a setup promising durability must keep at 0.
+    lost: int
+    #: Task ids that finished more than once.
+    duplicated: int
+    #: Executions beyond the first of duplicated ids (sum over ids of finishes - 1).
+    extra_executions: int
+    #: Executed though the enqueue was not acknowledged (the broker had it after all).
+    recovered: int
+    #: Executed task ids no attempt explains.
+    unexpected: int
+    #: All finish events.
+    executions: int
+    #: Task ids started more than once (a redelivery, whether or not the first run finished).
+    started_more_than_once: int
+    #: Start events that carried the broker's redelivered flag.
+    redelivered_starts: int
+    #: Acknowledged ids that started but never finished.
+    started_never_finished: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def account(attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Counts:
+    """Count a history the way Jepsen's queue checker does.
+
+    ``lost`` = acknowledged but never executed; ``duplicated`` = executed more than once;
+    ``recovered`` = executed though not acknowledged; ``unexpected`` = executed but never
+    attempted. Executions of unknown ids are first matched against anonymous unacknowledged
+    attempts (the API gives no id with a 503), and count as recovered up to their number.
+    """
+    attempts = list(attempts)
+    finishes: Counter[str] = Counter()
+    starts: Counter[str] = Counter()
+    redelivered_starts = 0
+    for entry in executions:
+        if entry.event == "finish":
+            finishes[entry.task_id] += 1
+        elif entry.event == "start":
+            starts[entry.task_id] += 1
+            redelivered_starts += entry.redelivered
+
+    known_ids = {a.task_id for a in attempts if a.task_id is not None}
+    acked_ids = {a.task_id for a in attempts if a.acknowledged and a.task_id is not None}
+    unacked_known = known_ids - acked_ids
+    anonymous_unacked = sum(1 for a in attempts if a.task_id is None and not a.acknowledged)
+    executed_ids = set(finishes)
+
+    executed_acked = acked_ids & executed_ids
+    unknown_executed = executed_ids - known_ids
+    recovered_anonymous = min(len(unknown_executed), anonymous_unacked)
+    acknowledged = sum(1 for a in attempts if a.acknowledged)
+
+    return Counts(
+        attempted=len(attempts),
+        acknowledged=acknowledged,
+        unacknowledged=len(attempts) - acknowledged,
+        executed=len(executed_ids & known_ids) + recovered_anonymous,
+        executed_acknowledged=len(executed_acked),
+        lost=len(acked_ids - executed_ids),
+        duplicated=sum(1 for n in finishes.values() if n > 1),
+        extra_executions=sum(n - 1 for n in finishes.values() if n > 1),
+        recovered=len(unacked_known & executed_ids) + recovered_anonymous,
+        unexpected=len(unknown_executed) - recovered_anonymous,
+        executions=sum(finishes.values()),
+        started_more_than_once=sum(1 for n in starts.values() if n > 1),
+        redelivered_starts=redelivered_starts,
+        started_never_finished=len({i for i in starts if i not in finishes} & acked_ids),
+    )
+
+
+class ProducerLedger:
+    """The producer side: thread-safe, in memory, saved to SQLite by :func:`save_history`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._attempts: list[Attempt] = []
+        self.acknowledged = 0
+        self.failed = 0
+        self.last_ack_at: float | None = None
+
+    def invoke(self, task_id: str | None, kind: str = "task") -> Attempt:
+        with self._lock:
+            attempt = Attempt(index=len(self._attempts), task_id=task_id, invoked_at=time.time(), kind=kind)
+            self._attempts.append(attempt)
+            return attempt
+
+    def ok(self, attempt: Attempt, task_id: str | None = None) -> None:
+        with self._lock:
+            attempt.completed_at = time.time()
+            attempt.outcome = "ok"
+            if task_id is not None:
+                attempt.task_id = task_id
+            self.acknowledged += 1
+            self.last_ack_at = attempt.completed_at
+
+    def fail(self, attempt: Attempt, error: str) -> None:
+        with self._lock:
+            attempt.completed_at = time.time()
+            attempt.outcome = "fail"
+            attempt.error = error[:300]
+            self.failed += 1
+
+    @property
+    def attempted(self) -> int:
+        return len(self._attempts)
+
+    def attempts(self) -> list[Attempt]:
+        with self._lock:
+            return list(self._attempts)
+
+    def acknowledged_ids(self) -> set[str]:
+        with self._lock:
+            return {a.task_id for a in self._attempts if a.acknowledged and a.task_id is not None}
+
+    def first_ack_after(self, t: float) -> float | None:
+        """Completion time of the first acknowledged attempt completed after ``t``."""
+        with self._lock:
+            times = [a.completed_at for a in self._attempts if a.acknowledged and a.completed_at and a.completed_at > t]
+        return min(times) if times else None
+
+    def last_ack_before(self, t: float) -> float | None:
+        with self._lock:
+            times = [
+                a.completed_at for a in self._attempts if a.acknowledged and a.completed_at and a.completed_at <= t
+            ]
+        return max(times) if times else None
+
+    def errors(self) -> Counter[str]:
+        """Failed attempts by error type (the part before the first colon)."""
+        with self._lock:
+            return Counter((a.error or "?").split(":", 1)[0] for a in self._attempts if a.outcome == "fail")
+
+
+class ExecutionLog:
+    """The execution side: reads the entries the workers append to the ledger Redis, incrementally."""
+
+    def __init__(self, url: str, run: str) -> None:
+        import redis
+
+        from worker.ledger import events_key
+
+        self._client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+        self.key = events_key(run)
+        self.entries: list[Execution] = []
+        self.finished: Counter[str] = Counter()
+        #: task id -> its latest start, while no finish followed it (a killed run stays here
+        #: until the task is started again).
+        self.running: dict[str, Execution] = {}
+        self.last_event_at = 0.0  # local time.time() when something new was read
+        self._offset = 0
+
+    def poll(self) -> list[Execution]:
+        """Fetch the entries appended since the last call."""
+        raw = self._client.lrange(self.key, self._offset, self._offset + 49_999)
+        if not raw:
+            return []
+        self._offset += len(raw)
+        new = [Execution.from_json(item) for item in raw]
+        self.entries.extend(new)
+        for entry in new:
+            if entry.event == "finish":
+                self.finished[entry.task_id] += 1
+                self.running.pop(entry.task_id, None)
+            elif entry.event == "start":
+                self.running[entry.task_id] = entry
+        self.last_event_at = time.time()
+        return new
+
+    def poll_all(self) -> None:
+        while self.poll():
+            pass
+
+    def starts_after(self, t: float) -> Iterator[Execution]:
+        return (e for e in self.entries if e.event == "start" and e.t > t)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class MemoryExecutionLog:
+    """Executions recorded by the runner itself (the publish-kill scenario consumes directly)."""
+
+    def __init__(self) -> None:
+        self.entries: list[Execution] = []
+        self.finished: Counter[str] = Counter()
+        self.running: dict[str, Execution] = {}
+        self.last_event_at = 0.0
+
+    def add(self, task_id: str, worker: str = "runner") -> None:
+        now = time.time()
+        self.entries.append(Execution("finish", task_id, worker=worker, t=now))
+        self.finished[task_id] += 1
+        self.last_event_at = now
+
+    def poll(self) -> list[Execution]:
+        return []
+
+    def poll_all(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass
+class History:
+    """Both halves of a run's history, as saved."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+    executions: list[Execution] = field(default_factory=list)
+
+
+def save_history(path: Path, attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Path:
+    """Write the whole history to an SQLite file (one table per half), for later inspection."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()
+    db = sqlite3.connect(path)
+    try:
+        db.execute(
+            "CREATE TABLE attempts (idx INTEGER PRIMARY KEY, task_id TEXT, kind TEXT, invoked_at REAL, "
+            "outcome TEXT, completed_at REAL, error TEXT)"
+        )
+        db.execute(
+            "CREATE TABLE executions (seq INTEGER PRIMARY KEY, event TEXT, task_id TEXT, name TEXT, worker TEXT, "
+            "pid INTEGER, attempt INTEGER, redelivered INTEGER, t REAL, state TEXT)"
+        )
+        db.executemany(
+            "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((a.index, a.task_id, a.kind, a.invoked_at, a.outcome, a.completed_at, a.error) for a in attempts),
+        )
+        db.executemany(
+            "INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (i, e.event, e.task_id, e.name, e.worker, e.pid, e.attempt, int(e.redelivered), e.t, e.state)
+                for i, e in enumerate(executions)
+            ),
+        )
+        db.commit()
+    finally:
+        db.close()
+    return path
+
+
+def load_history(path: Path) -> History:
+    """Read a history written by :func:`save_history` (to recount a run offline)."""
+    db = sqlite3.connect(path)
+    try:
+        attempts = [
+            Attempt(index=row[0], task_id=row[1], kind=row[2], invoked_at=row[3], outcome=row[4],
+                    completed_at=row[5], error=row[6])
+            for row in db.execute("SELECT idx, task_id, kind, invoked_at, outcome, completed_at, error FROM attempts")
+        ]
+        executions = [
+            Execution(event=row[0], task_id=row[1], name=row[2] or "", worker=row[3] or "", pid=row[4] or 0,
+                      attempt=row[5] or 0, redelivered=bool(row[6]), t=row[7] or 0.0, state=row[8])
+            for row in db.execute(
+                "SELECT event, task_id, name, worker, pid, attempt, redelivered, t, state FROM executions ORDER BY seq"
+            )
+        ]
+    finally:
+        db.close()
+    return History(attempts, executions)
+
+
+def pending_counts(attempts: Iterable[Attempt], finished: Counter[str]) -> tuple[int, int]:
+    """(acknowledged, acknowledged and executed) for progress display, cheaply."""
+    acked = executed = 0
+    for attempt in attempts:
+        if attempt.acknowledged:
+            acked += 1
+            if attempt.task_id is not None and finished.get(attempt.task_id):
+                executed += 1
+    return acked, executed
+
+
+__all__ = [
+    "Attempt",
+    "Counts",
+    "Execution",
+    "ExecutionLog",
+    "History",
+    "MemoryExecutionLog",
+    "ProducerLedger",
+    "account",
+    "load_history",
+    "pending_counts",
+    "save_history",
+]

@@ -1,0 +1,160 @@
+"""The JSON record every chaos run leaves behind, and reading records back for tables.
+
+Layout: ``<results dir>/chaos/<scenario>/<setup>/<UTC timestamp>-<run id>.json``; the results dir
+is ``--results-dir``, else ``$BROKERSTACK_RESULTS_DIR``, else ``results/``. A run's bulky side
+(worker and API logs, the full history as SQLite) goes to ``<results dir>/tmp/chaos/<run id>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from lab.chaos.ledger import Counts
+
+#: Bumped when the record's layout changes incompatibly.
+SCHEMA = "brokerstack.chaos/1"
+RESULTS_ENV = "BROKERSTACK_RESULTS_DIR"
+DEFAULT_RESULTS_DIR = "results"
+
+#: The counts the CLI's --json promises, in table order.
+HEADLINE_COUNTS = ("attempted", "acknowledged", "executed", "lost", "duplicated", "recovered")
+
+
+def results_dir(explicit: str | Path | None = None) -> Path:
+    return Path(explicit or os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS_DIR)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for label, dist in (("celery", "celery"), ("kombu", "kombu"), ("redis-py", "redis"), ("amqp", "amqp"),
+                        ("brokerstack", "brokerstack")):
+        try:
+            versions[label] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[label] = "?"
+    versions["python"] = platform.python_version()
+    return versions
+
+
+@dataclass
+class RunRecord:
+    """What one run measured. ``to_dict()`` is the JSON record."""
+
+    scenario: str
+    setup: str
+    run_id: str
+    started_at: str
+    driver: str
+    parameters: dict[str, Any]
+    counts: Counts | None = None
+    timings: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    drained: bool = False
+    #: "lost == 0" when the setup promises it for this scenario, else None.
+    guarantee: str | None = None
+    #: True/False when a guarantee applies and the run completed, else None.
+    guarantee_held: bool | None = None
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    status: str = "running"  # completed | failed | interrupted
+    error: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+    path: Path | None = None
+    workdir: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "scenario": self.scenario,
+            "setup": self.setup,
+            "run_id": self.run_id,
+            "status": self.status,
+            "error": self.error,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_s": self.duration_s,
+            "driver": self.driver,
+            "versions": self.versions,
+            "parameters": self.parameters,
+            "counts": self.counts.to_dict() if self.counts is not None else None,
+            "drained": self.drained,
+            "guarantee": self.guarantee,
+            "guarantee_held": self.guarantee_held,
+            "timings": self.timings,
+            "faults": self.faults,
+            "details": self.details,
+            "notes": self.notes,
+            "workdir": str(self.workdir) if self.workdir else None,
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, default=str)
+
+
+def record_path(base: Path, record: RunRecord) -> Path:
+    stamp = record.started_at.replace("-", "").replace(":", "").split(".")[0].rstrip("Z") + "Z"
+    return base / "chaos" / record.scenario / record.setup / f"{stamp}-{record.run_id}.json"
+
+
+def write_record(record: RunRecord, base: Path) -> Path:
+    path = record_path(base, record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(record.to_json(indent=2) + "\n")
+    tmp.replace(path)
+    record.path = path
+    return path
+
+
+def load_records(
+    base: Path, *, latest_only: bool = True, min_tasks: int = 0, driver: str | None = None
+) -> list[dict[str, Any]]:
+    """Records under ``base/chaos`` (completed runs only), the newest per scenario x setup by default."""
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for path in sorted((base / "chaos").glob("*/*/*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("schema") != SCHEMA or data.get("status") != "completed":
+            continue
+        if (data.get("parameters") or {}).get("tasks", 0) < min_tasks:
+            continue
+        if driver is not None and data.get("driver") != driver:
+            continue
+        data["_path"] = str(path)
+        found.setdefault((data["scenario"], data["setup"]), []).append(data)
+    out = []
+    for key in sorted(found):
+        runs = sorted(found[key], key=lambda d: d["started_at"])
+        out.extend(runs[-1:] if latest_only else runs)
+    return out
+
+
+def summary_row(data: dict[str, Any]) -> dict[str, Any]:
+    """The table row of a record (a dict as written by :meth:`RunRecord.to_dict`)."""
+    counts = data.get("counts") or {}
+    timings = data.get("timings") or {}
+    return {
+        "scenario": data["scenario"],
+        "setup": data["setup"],
+        "faults": len(data.get("faults") or []),
+        **{key: counts.get(key) for key in HEADLINE_COUNTS},
+        "unexpected": counts.get("unexpected"),
+        "redelivery_s": (timings.get("redelivery_delay_s") or {}).get("max"),
+        "recovery_s": (timings.get("recovery_s") or {}).get("max"),
+        "consumer_recovery_s": (timings.get("consumer_recovery_s") or {}).get("max"),
+        "drained": data.get("drained"),
+        "guarantee": data.get("guarantee"),
+        "held": data.get("guarantee_held"),
+        "duration_s": data.get("duration_s"),
+        "status": data.get("status"),
+    }

@@ -1,0 +1,304 @@
+"""``brokerstack chaos``: failure injection with Jepsen-style accounting.
+
+    brokerstack chaos list
+    brokerstack chaos run --scenario broker-kill --setup rabbitmq-confirms [--tasks N] [--kills K] [--seed X] [--json]
+    brokerstack chaos matrix [--tasks N] [--kills K] [--scenario S ...] [--setup P ...]
+    brokerstack chaos table [--results-dir DIR]
+
+Each run starts its own broker nodes (containers, or local broker processes with
+``--driver process``), workers and producer, stops them afterwards (Ctrl-C included), writes a JSON
+record under ``<results dir>/chaos/`` and prints a table. ``--json`` prints only the record, as one
+line, on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(
+    help="Kill brokers and workers under load and count what each broker setup loses or runs twice.",
+    no_args_is_help=True,
+)
+
+#: Exit code of run/matrix when a setup broke a guarantee it promises (lost > 0 where lost == 0
+#: was promised); 2 is a run that failed or was interrupted.
+EXIT_GUARANTEE_BROKEN = 1
+EXIT_RUN_FAILED = 2
+
+#: Tables go to stdout; piped into a file or CI log they keep all their columns.
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
+stderr = Console(stderr=True, highlight=False)
+
+DRIVER_HELP = "docker | process (default: $BROKERSTACK_TEST_DRIVER, else docker when an engine answers)"
+RESULTS_HELP = "where records go (default: $BROKERSTACK_RESULTS_DIR, else results/)"
+KEEP_HELP = "keep worker/API logs and the SQLite history of a completed run under <results>/tmp/chaos/<run id>/"
+
+
+def _check_name(kind: str, value: str, known: dict[str, Any]) -> str:
+    if value not in known:
+        raise typer.BadParameter(f"unknown {kind} {value!r}; one of: {', '.join(known)}")
+    return value
+
+
+@app.command("list")
+def list_command(as_json: bool = typer.Option(False, "--json", help="print as one JSON object")) -> None:
+    """Name the scenarios and the broker setups, with what each setup promises."""
+    from lab.chaos import SCENARIO_NAMES, SCENARIOS, SETUPS
+
+    if as_json:
+        typer.echo(json.dumps({
+            "scenarios": [SCENARIOS[name].describe() for name in SCENARIO_NAMES],
+            "setups": [setup.describe() for setup in SETUPS.values()],
+        }))
+        return
+    scenarios = Table(title="scenarios", title_justify="left")
+    scenarios.add_column("scenario", style="bold")
+    scenarios.add_column("what it does")
+    for name in SCENARIO_NAMES:
+        scenarios.add_row(name, SCENARIOS[name].description)
+    stdout.print(scenarios)
+    setups = Table(title="setups", title_justify="left")
+    setups.add_column("setup", style="bold", no_wrap=True)
+    setups.add_column("configuration")
+    setups.add_column("lost == 0 promised in")
+    for setup in SETUPS.values():
+        promised = [s for s in SCENARIO_NAMES if setup.promises(s)]
+        setups.add_row(setup.name, setup.description, ", ".join(promised) or "-")
+    stdout.print(setups)
+    stdout.print(
+        "Every setup runs every scenario but node-loss, which only rabbitmq-quorum runs (on 3 nodes). "
+        "Counts are recorded for every run; the tests assert only what a setup promises."
+    )
+
+
+@app.command("run")
+def run_command(
+    scenario: str = typer.Option(..., "--scenario", "-s", help="see `brokerstack chaos list`"),
+    setup: str = typer.Option(..., "--setup", "-p", help="see `brokerstack chaos list`"),
+    tasks: int = typer.Option(1000, "--tasks", "-n", min=1, help="enqueue attempts in the run"),
+    kills: int = typer.Option(3, "--kills", "-k", min=0, help="faults to inject"),
+    seed: int | None = typer.Option(None, "--seed", help="places the faults in the stream (random if not given)"),
+    as_json: bool = typer.Option(False, "--json", help="print only the record, as one line, on stdout"),
+    rate: float | None = typer.Option(None, "--rate", help="enqueue attempts per second (default: spans the faults)"),
+    workers: int = typer.Option(2, "--workers", min=1),
+    visibility_timeout: int = typer.Option(10, "--visibility-timeout", min=1,
+                                           help="Redis: REDIS_VISIBILITY_TIMEOUT for the run (seconds)"),
+    down_seconds: float | None = typer.Option(None, "--down-seconds", min=0,
+                                              help="how long a killed broker stays down (scenario default)"),
+    kill_target: str = typer.Option("worker", "--kill-target", help="worker-kill: worker | child | both"),
+    drain_timeout: float = typer.Option(300.0, "--drain-timeout", min=1),
+    driver: str | None = typer.Option(None, "--driver", help=DRIVER_HELP),
+    results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
+    keep_logs: bool = typer.Option(True, "--keep-logs/--no-keep-logs", help=KEEP_HELP),
+) -> None:
+    """Run one scenario on one setup, print the counts; exit 1 if the setup broke its promise."""
+    from lab.chaos import SCENARIOS, SETUPS, RunOptions, get_setup
+
+    _check_name("scenario", scenario, SCENARIOS)
+    _check_name("setup", setup, SETUPS)
+    if not get_setup(setup).applies_to(scenario):
+        runs = ", ".join(get_setup(setup).scenarios)
+        raise typer.BadParameter(f"{scenario} does not apply to {setup} (it runs: {runs})")
+    options = _options(RunOptions, tasks=tasks, kills=kills, seed=seed, rate=rate, workers=workers,
+                       visibility_timeout=visibility_timeout, down_seconds=down_seconds, kill_target=kill_target,
+                       drain_timeout=drain_timeout, driver=driver, keep_workdir=keep_logs)
+    record = _run_one(scenario, setup, options, results_dir, as_json)
+    if record is None:
+        raise typer.Exit(EXIT_RUN_FAILED)
+    if as_json:
+        typer.echo(record.to_json())
+    else:
+        _print_table([record.to_dict()], title=f"{scenario} on {setup}")
+        _print_details(record.to_dict())
+    raise typer.Exit(_exit_code([record.to_dict()]))
+
+
+@app.command("matrix")
+def matrix_command(
+    tasks: int = typer.Option(1000, "--tasks", "-n", min=1),
+    kills: int = typer.Option(3, "--kills", "-k", min=0),
+    seed: int | None = typer.Option(None, "--seed"),
+    scenario: list[str] = typer.Option(None, "--scenario", "-s", help="only these scenarios (repeatable)"),
+    setup: list[str] = typer.Option(None, "--setup", "-p", help="only these setups (repeatable)"),
+    as_json: bool = typer.Option(False, "--json", help="print one record per line on stdout, nothing else"),
+    rate: float | None = typer.Option(None, "--rate"),
+    visibility_timeout: int = typer.Option(10, "--visibility-timeout", min=1),
+    drain_timeout: float = typer.Option(300.0, "--drain-timeout", min=1),
+    driver: str | None = typer.Option(None, "--driver", help=DRIVER_HELP),
+    results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
+    keep_logs: bool = typer.Option(True, "--keep-logs/--no-keep-logs", help=KEEP_HELP),
+) -> None:
+    """Run every applicable scenario x setup pair, one after the other, and print one table."""
+    from lab.chaos import SCENARIOS, SETUPS, RunOptions, applicable_pairs
+
+    for name in scenario or []:
+        _check_name("scenario", name, SCENARIOS)
+    for name in setup or []:
+        _check_name("setup", name, SETUPS)
+    pairs = applicable_pairs(scenario or None, setup or None)
+    if not pairs:
+        raise typer.BadParameter("no scenario x setup pair matches")
+    options = _options(RunOptions, tasks=tasks, kills=kills, seed=seed, rate=rate,
+                       visibility_timeout=visibility_timeout, drain_timeout=drain_timeout, driver=driver,
+                       keep_workdir=keep_logs)
+    records: list[dict[str, Any]] = []
+    failed = 0
+    for index, (scenario_name, setup_name) in enumerate(pairs, 1):
+        stderr.print(f"[bold]({index}/{len(pairs)}) {scenario_name} on {setup_name}[/bold]")
+        record = _run_one(scenario_name, setup_name, options, results_dir, as_json)
+        if record is None:
+            failed += 1
+            continue
+        data = record.to_dict()
+        records.append(data)
+        if as_json:
+            typer.echo(json.dumps(data, default=str))
+    if not as_json:
+        _print_table(records, title=f"chaos matrix: {len(records)} runs, {tasks} tasks, {kills} faults each")
+    code = _exit_code(records)
+    raise typer.Exit(EXIT_RUN_FAILED if failed else code)
+
+
+@app.command("table")
+def table_command(
+    results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
+    every: bool = typer.Option(False, "--all", help="every stored run, not only the newest per pair"),
+    min_tasks: int = typer.Option(0, "--min-tasks", help="only runs with at least this many tasks"),
+    driver: str | None = typer.Option(None, "--driver", help="only runs on this driver (docker | process)"),
+    as_json: bool = typer.Option(False, "--json", help="print the rows as one JSON array"),
+) -> None:
+    """Print the table of stored records (the newest per scenario x setup)."""
+    from lab.chaos import load_records, results_dir as resolve, summary_row
+
+    records = load_records(resolve(results_dir), latest_only=not every, min_tasks=min_tasks, driver=driver)
+    if as_json:
+        typer.echo(json.dumps([summary_row(r) for r in records], default=str))
+        return
+    if not records:
+        stderr.print(f"no completed chaos records under {resolve(results_dir) / 'chaos'}")
+        raise typer.Exit(1)
+    _print_table(records, title=f"stored chaos runs ({resolve(results_dir) / 'chaos'})")
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def _options(cls: Any, **values: Any) -> Any:
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _run_one(scenario: str, setup: str, options: Any, results_dir: Path | None, quiet: bool) -> Any:
+    """Run with a progress bar on stderr; returns the record, or None if the run failed."""
+    from lab.chaos import ChaosRun
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    show = not quiet or stderr.is_terminal
+    progress = Progress(
+        TextColumn("[bold]{task.fields[phase]:>8}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ack {task.fields[acked]}  exe {task.fields[executed]}  faults {task.fields[faults]}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=stderr,
+        disable=not show,
+        transient=quiet,
+    )
+    bar = progress.add_task("", total=options.tasks, phase="starting", acked=0, executed=0, faults="0")
+
+    def on_progress(p: Any) -> None:
+        progress.update(bar, completed=p.attempted, total=p.total, description=p.message[:60], phase=p.phase,
+                        acked=p.acknowledged, executed=p.executed, faults=f"{p.faults_done}/{p.faults_total}")
+
+    try:
+        run = ChaosRun(scenario, setup, options, progress=on_progress, results=results_dir)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        with progress:
+            return run.run()
+    except KeyboardInterrupt:
+        stderr.print(f"[yellow]interrupted: everything the run started is stopped; record: {run.record.path}[/yellow]")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - report, keep the record, go on (matrix)
+        stderr.print(f"[red]{scenario} on {setup} failed: {type(exc).__name__}: {exc}[/red]")
+        return None
+    finally:
+        if run.record.path:
+            stderr.print(f"record: {run.record.path}", soft_wrap=True)
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _print_table(records: list[dict[str, Any]], title: str) -> None:
+    from lab.chaos import summary_row
+
+    table = Table(title=title, title_justify="left")
+    for column, justify in (
+        ("scenario", "left"), ("setup", "left"), ("faults", "right"), ("attempted", "right"),
+        ("acked", "right"), ("executed", "right"), ("lost", "right"), ("duplicated", "right"),
+        ("recovered", "right"), ("unexpected", "right"), ("redelivery s", "right"), ("producer back s", "right"),
+        ("workers back s", "right"), ("drained", "center"), ("guarantee", "left"), ("run s", "right"),
+    ):
+        no_wrap = column in ("scenario", "setup", "guarantee")
+        table.add_column(column, justify=justify, no_wrap=no_wrap)  # type: ignore[arg-type]
+    for data in records:
+        row = summary_row(data)
+        lost = row["lost"]
+        lost_cell = "-" if lost is None else (f"[red]{lost}[/red]" if lost else "0")
+        if row["guarantee"] is None:
+            guarantee = "none promised"
+        elif row["held"]:
+            guarantee = f"[green]{row['guarantee']} held[/green]"
+        else:
+            guarantee = f"[red]{row['guarantee']} BROKEN[/red]"
+        table.add_row(
+            row["scenario"], row["setup"], _fmt(row["faults"]), _fmt(row["attempted"]), _fmt(row["acknowledged"]),
+            _fmt(row["executed"]), lost_cell, _fmt(row["duplicated"]), _fmt(row["recovered"]), _fmt(row["unexpected"]),
+            _fmt(row["redelivery_s"]), _fmt(row["recovery_s"]), _fmt(row["consumer_recovery_s"]),
+            "yes" if row["drained"] else "[yellow]no[/yellow]",
+            guarantee, _fmt(row["duration_s"], 0),
+        )
+    stdout.print(table)
+
+
+def _print_details(data: dict[str, Any]) -> None:
+    timings = data.get("timings") or {}
+    parts = []
+    for key, label in (("recovery_s", "producer recovery"), ("consumer_recovery_s", "consumer recovery"),
+                       ("ack_gap_s", "longest pause between acks"), ("redelivery_delay_s", "redelivery"),
+                       ("restart_s", "broker restart")):
+        stats = timings.get(key)
+        if stats:
+            parts.append(f"{label} {stats['min']:.2f}-{stats['max']:.2f} s")
+    params = data.get("parameters") or {}
+    line = f"seed {params.get('seed')}, rate {params.get('rate')}/s, driver {data.get('driver')}"
+    if "visibility_timeout" in params:
+        line += f", visibility timeout {params['visibility_timeout']} s"
+    stdout.print(line + (" | " + ", ".join(parts) if parts else ""))
+    for note in data.get("notes") or []:
+        stdout.print(f"[yellow]note:[/yellow] {note}")
+
+
+def _exit_code(records: list[dict[str, Any]]) -> int:
+    if any(r.get("guarantee_held") is False for r in records):
+        return EXIT_GUARANTEE_BROKEN
+    return 0
