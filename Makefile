@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 PYTEST  := $(PY) -m pytest
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: test test-unit test-integration test-process test-chaos test-compose venv clean-nodes
+.PHONY: test test-unit test-integration test-process test-chaos test-compose venv clean-nodes measure
 
 venv: $(STAMP)
 
@@ -35,6 +35,13 @@ test-chaos: venv
 
 test-compose: venv
 	$(PYTEST) tests/compose -m compose
+
+# The measured runs behind docs/ops-comparison.md (well over an hour on a 2-core machine), then the doc.
+measure: venv
+	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3
+	$(PY) -m services.cli bench
+	$(PY) -m services.cli priority
+	$(PY) -m services.cli report --min-chaos-tasks 5000
 
 # Leftover broker containers/processes of a crashed run.
 clean-nodes: venv
