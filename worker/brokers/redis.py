@@ -38,20 +38,28 @@ DOORBELL_MAX = 1000
 DOORBELL_KEY = "_brokerstack.doorbell.{queue}"
 
 #: KEYS: unacked hash, unacked index, then the queue lists in the order to take from them.
-#: ARGV: how many to take, now, then per queue list "1" to record its messages as unacked ("0"
-#: for a no-ack consumer, whose messages count as acked on delivery).
+#: ARGV: how many to take, now, the number of acks N, the N delivery tags acked since the last
+#: fetch (removed first: acks ride along with the next fetch instead of costing a round trip
+#: each), then per queue list "1" to record its messages as unacked ("0" for a no-ack consumer,
+#: whose messages count as acked on delivery).
 #: Returns list, payload, list, payload, ... The unacked entry is ``[payload, exchange,
 #: routing_key]`` exactly as kombu writes it, built by string concatenation so the payload's JSON
 #: is kept byte for byte.
 FETCH_SCRIPT = """
 local want = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
+local acks = tonumber(ARGV[3])
+for a = 4, 3 + acks do
+  redis.call('ZREM', KEYS[2], ARGV[a])
+  redis.call('HDEL', KEYS[1], ARGV[a])
+end
+local flags = 3 + acks - 2
 local out = {}
 for i = 3, #KEYS do
   while #out < want * 2 do
     local item = redis.call('RPOP', KEYS[i])
     if not item then break end
-    if ARGV[i] == '1' then
+    if ARGV[flags + i] == '1' then
       local ok, message = pcall(cjson.decode, item)
       if ok and type(message) == 'table' and type(message.properties) == 'table'
           and message.properties.delivery_tag then
@@ -83,10 +91,28 @@ def _ring(queue: str) -> list[tuple[Any, ...]]:
 
 
 class QoS(kombu_redis.QoS):
-    """The fetch script has already recorded the message as unacked: keep only the local state."""
+    """Unacked bookkeeping done by the fetch script: recording happens there, and acks are sent
+    with the next fetch (or when the channel closes). An ack that never reaches Redis because the
+    worker died means the task runs again after the visibility timeout: at least once, as with
+    any ack lost in a crash."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
         virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        self.channel._pending_acks.append(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def flush_acks(self) -> None:
+        """Send the acks that are waiting for a fetch, now."""
+        tags, self.channel._pending_acks = self.channel._pending_acks, []
+        if tags:
+            with self.channel.conn_or_acquire() as client, client.pipeline() as pipe:
+                pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
+
+    def restore_unacked(self, client: Any = None) -> None:
+        self.flush_acks()  # an acked message must not be given back when the channel closes
+        super().restore_unacked(client)
 
 
 class Channel(kombu_redis.Channel):
@@ -111,6 +137,8 @@ class Channel(kombu_redis.Channel):
         #: Fetch (rather than wait for a doorbell) next: at start, after a ring or a timeout, and
         #: after a full batch (there may be more).
         self._fetch_next = True
+        #: Delivery tags acked locally, sent to Redis with the next fetch (see QoS.ack).
+        self._pending_acks: list[str] = []
 
     # --- priority -------------------------------------------------------------------------------
 
@@ -157,8 +185,9 @@ class Channel(kombu_redis.Channel):
     def _fetch_command(self, queues: list[str], want: int) -> list[Any]:
         lists = [(self._q_for_pri(queue, pri), queue) for pri in self.priority_steps for queue in queues]
         tracked = ["0" if queue in self._untracked_queues else "1" for _, queue in lists]
+        acks, self._pending_acks = self._pending_acks, []
         return ["EVAL", FETCH_SCRIPT, 2 + len(lists), self.unacked_key, self.unacked_index_key,
-                *(key for key, _ in lists), want, time.time(), *tracked]
+                *(key for key, _ in lists), want, time.time(), len(acks), *acks, *tracked]
 
     def _want(self) -> int:
         estimate = self.qos.can_consume_max_estimate()
@@ -170,7 +199,7 @@ class Channel(kombu_redis.Channel):
             return
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        if self._fetch_next:
+        if self._fetch_next or self._pending_acks:  # acks travel with a fetch, never with a wait
             want = self._want()
             self._pending = ("fetch", want)
             command = self._fetch_command(queues, want)
