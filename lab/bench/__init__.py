@@ -1,0 +1,116 @@
+"""Benchmarks: brokerstack against the raw client ceiling, on the same broker setups as the chaos runs.
+
+    from lab.bench import BenchParams, run_bench
+
+    record = run_bench("rabbitmq-confirms", BenchParams.quick())
+    record["ratios"]["e2e_vs_raw_consume"]      # {"solo": 0.61, "threads": ..., "prefork": ...}
+    record["path"]                              # results/bench/rabbitmq-confirms-docker-quick.json
+
+``brokerstack bench`` is the command line over the same calls. A run starts the setup's broker node
+and an auxiliary Redis (Celery results and the execution ledger) through :class:`lab.chaos.stack.Stack`,
+measures, stops everything (on failure and Ctrl-C too) and writes one JSON record per setup:
+``<results dir>/bench/<setup>-<driver>.json`` (full runs) or ``<setup>-<driver>-quick.json``
+(``--quick``); a run that did not complete goes to ``bench/failed/`` so it never replaces a good
+record. The results dir is ``--results-dir``, else ``$BROKERSTACK_RESULTS_DIR``, else ``results/``.
+
+Record schema ``brokerstack.bench/1`` (rates are ``{"messages", "seconds", "per_s"}``, latencies
+``{"n", "p50", "p95", "p99", "max", "mean"}`` in milliseconds, sizes in bytes, CPU in seconds)::
+
+    schema            "brokerstack.bench/1"
+    written_at        UTC time the file was written (lab.results.write_record)
+    setup             preset name (lab.chaos.setups.SETUPS): redis-volatile ... rabbitmq-quorum
+    broker            "redis" | "rabbitmq"
+    mode              "full" | "quick"
+    status            "completed" | "failed" (a section has "error"; see errors[])
+    run_id, driver    random id; "docker" | "process"
+    broker_version    e.g. "redis 8.0.2", "rabbitmq 4.0.9" (as the running broker reports it)
+    aux_version       the auxiliary Redis (results backend, ledger)
+    clients           lab.results.client_versions(): python, celery, kombu, amqp, redis
+    machine           lab.results.machine() + memory_bytes, cpu_model, load_average_at_start
+    code              {commit: git HEAD, modified: tracked files under worker/ services/ lab/ that
+                      differ from it} (None outside a git checkout)
+    parameters        every BenchParams field (sizes: raw_messages, tasks, latency_rate, ...,
+                      backlog_tasks), setup (preset description), driver, worker_loglevel,
+                      settings (BROKER_PROFILE, RABBITMQ_QUEUE_TYPE, RABBITMQ_CONFIRM_PUBLISH,
+                      WORKER_PREFETCH_MULTIPLIER, ...), message_bytes (the captured noop message)
+    started_at        UTC start; duration_s: wall time of the whole run
+    raw               the raw client ceiling (lab.bench.raw): client, message_bytes (Redis: the
+                      stored envelope; RabbitMQ: the body, plus header_bytes), messages and
+                      redis:    publish (LPUSH loop), publish_pipelined, consume (BRPOP loop),
+                                consume_reliable (BRPOP + unacked bookkeeping + ack, 3 round trips),
+                                consume_batched (RPOP count), batch
+                      rabbitmq: publish (persistent, no confirms), publish_confirm (a confirm per
+                                message), publish_confirm_pipelined (window), consume (prefetch,
+                                one ack per message), consume_prefetch1, queue_arguments, prefetch
+    end_to_end        tasks (backlog per pool), task, queues_consumed, prefetch_multiplier, and
+                      pools.<solo|threads|prefork>:
+                        pool, concurrency
+                        enqueue    rate of apply_async from one thread + producer_threads,
+                                   call_latency_ms (per apply_async call)
+                        consume    rate from the queue's first drop to empty (at most
+                                   drain_max_seconds: then truncated is true) + startup_s
+                        latency    steady load with the ledger on: rate_target_per_s,
+                                   rate_achieved_per_s, rate_capped, tasks, warmup_tasks, finished,
+                                   enqueue_call_ms, enqueue_to_start_ms, enqueue_to_finish_ms
+                        resources  broker_publish / broker_consume {cpu_s_per_10k,
+                                   rss_growth_bytes_per_10k}, broker_total_cpu_s_per_10k,
+                                   broker_rss_bytes {before, backlog, drained},
+                                   result_backend_cpu_s_per_10k, worker_cpu_s_per_10k
+    api               endpoint, load_generator, consumers (0: nobody consumes meanwhile),
+                      duration_s, warmup_s, runs[]: {uvicorn_workers, confirm_publish (bool on
+                      RabbitMQ, null on Redis), concurrency, requests, ok, errors, statuses, rps,
+                      latency_ms, client_cpu_s, api_cpu_ms_per_request, api_rss_bytes}
+    resources         broker_idle {rss_bytes, cpu_seconds},
+                      backlog {tasks, held, fill_seconds, message_bytes, rss_before_bytes,
+                               rss_with_backlog_bytes, rss_growth_bytes, bytes_per_task
+                               [, redis_used_memory_growth_bytes]},
+                      per_10k_tasks.<pool> {broker_cpu_s, broker_rss_growth_bytes_queued,
+                               result_backend_cpu_s, worker_cpu_s}
+    ratios            raw_consume_per_s, raw_publish_per_s, raw_publish_basis (the raw publish
+                      with the setup's durability: "publish" or "publish_confirm"),
+                      e2e_vs_raw_consume {pool: ratio}, best_pool, e2e_vs_raw_consume_best,
+                      enqueue_vs_raw_publish {pool: ratio}, goal_e2e_vs_raw_consume (0.5 Redis,
+                      0.6 RabbitMQ), meets_goal_e2e, raw_confirm_cost and
+                      raw_pipelined_confirm_cost (unconfirmed / confirmed raw publish rate),
+                      api_confirm_cost (RabbitMQ: unconfirmed / confirmed API req/s at the
+                      highest concurrency, fewest uvicorn workers), api_confirm_cost_by_concurrency,
+                      api_confirm_cost_uvicorn_workers, goal_api_confirm_cost_max (2.0),
+                      meets_goal_api_confirm_cost
+    errors            [{section, error, traceback}]
+    path              where the record was written
+
+What each section does, exactly, is in the docstrings of :mod:`lab.bench.raw`,
+:mod:`lab.bench.e2e`, :mod:`lab.bench.api` and :mod:`lab.bench.resources`.
+"""
+
+from lab.bench.runner import (
+    CATEGORY,
+    GOALS,
+    POOLS,
+    SCHEMA,
+    SECTIONS,
+    BenchInterrupted,
+    BenchParams,
+    BenchRun,
+    Progress,
+    ProgressCallback,
+    compute_ratios,
+    record_name,
+    run_bench,
+)
+
+__all__ = [
+    "CATEGORY",
+    "GOALS",
+    "POOLS",
+    "SCHEMA",
+    "SECTIONS",
+    "BenchInterrupted",
+    "BenchParams",
+    "BenchRun",
+    "Progress",
+    "ProgressCallback",
+    "compute_ratios",
+    "record_name",
+    "run_bench",
+]

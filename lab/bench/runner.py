@@ -1,0 +1,656 @@
+"""One bench run on one setup: start its nodes, measure every section, stop everything, write the record.
+
+Cleanup is in a ``finally`` (success, failure, Ctrl-C, SIGTERM): the stack's nodes, every worker and
+API process and the producer connections. A section that fails is recorded with its error and the
+run goes on with the next one; the record's ``status`` is then "failed".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lab.bench import api as api_bench
+from lab.bench import e2e, raw, resources
+from lab.bench.stats import ratio
+from lab.chaos.setups import Setup, get_setup
+from lab.chaos.stack import Stack
+from lab.nodes import proctree, resolve_driver
+from lab.processes import ApiServer, CeleryWorker, ManagedProcess
+from lab.results import RESULTS_DIR_ENV, client_versions, machine, results_dir, write_record
+from worker.brokers import profile_for
+from worker.topology import DEFAULT_QUEUE, WORK_QUEUES
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "brokerstack.bench/1"
+CATEGORY = "bench"
+POOLS = ("solo", "threads", "prefork")
+SECTIONS = ("raw", "end_to_end", "api", "resources")
+#: The issue's goals: brokerstack's consume rate against the raw client ceiling, and what publisher
+#: confirms may cost through the API (unconfirmed req/s over confirmed req/s).
+GOALS = {"e2e_vs_raw_consume": {"redis": 0.5, "rabbitmq": 0.6}, "api_confirm_cost_max": 2.0}
+
+
+@dataclass(frozen=True)
+class BenchParams:
+    """Sizes of a run. ``quick()`` is for CI (checks the records, not the speeds)."""
+
+    mode: str = "full"
+    #: Messages per raw-client measurement.
+    raw_messages: int = 10_000
+    #: Backlog published then drained, per pool.
+    tasks: int = 10_000
+    pools: tuple[str, ...] = POOLS
+    #: Worker processes/threads of the threads and prefork pools (solo is always 1).
+    concurrency: int = 2
+    #: Steady-load latency run: tasks per second (capped at half the pool's drain rate) and length.
+    latency_rate: float = 200.0
+    latency_seconds: float = 10.0
+    latency_warmup_tasks: int = 50
+    #: uvicorn worker processes, and concurrent clients of the load generator.
+    api_workers: tuple[int, ...] = (1, 2)
+    api_concurrency: tuple[int, ...] = (1, 8, 32)
+    api_duration: float = 6.0
+    api_warmup: float = 1.0
+    #: Tasks of the backlog whose memory is measured.
+    backlog_tasks: int = 100_000
+    raw_prefetch: int = 16
+    confirm_window: int = 256
+    redis_batch: int = 100
+    #: A drain is measured for at most this long (a slow pool would otherwise take many minutes).
+    drain_max_seconds: float = 20.0
+    #: Upper bound for one drain or latency run.
+    timeout: float = 600.0
+
+    @classmethod
+    def quick(cls) -> BenchParams:
+        return cls(
+            mode="quick", raw_messages=2_000, tasks=1_000, latency_rate=100.0, latency_seconds=2.0,
+            latency_warmup_tasks=10, api_workers=(1,), api_concurrency=(4,), api_duration=1.5,
+            api_warmup=0.5, backlog_tasks=5_000, drain_max_seconds=10.0, timeout=120.0,
+        )
+
+    @classmethod
+    def full(cls) -> BenchParams:
+        return cls()
+
+    def with_tasks(self, tasks: int) -> BenchParams:
+        return replace(self, tasks=tasks, raw_messages=tasks)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.pools) - set(POOLS)
+        if unknown:
+            raise ValueError(f"unknown pools {sorted(unknown)}; one of {', '.join(POOLS)}")
+        if self.tasks < 10 or self.raw_messages < 10:
+            raise ValueError("tasks must be at least 10")
+
+
+@dataclass(frozen=True)
+class Progress:
+    setup: str
+    phase: str  # starting | raw | end_to_end | api | resources | closing | done
+    message: str
+    step: int
+    steps: int
+    elapsed: float
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class BenchInterrupted(KeyboardInterrupt):
+    """SIGTERM during a run (raised like Ctrl-C so every cleanup path runs)."""
+
+
+@dataclass
+class _Owned:
+    processes: list[ManagedProcess] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+
+class BenchRun:
+    """The bench on one setup. ``run()`` once; everything it started is stopped when it returns."""
+
+    def __init__(
+        self,
+        setup: str | Setup,
+        params: BenchParams | None = None,
+        *,
+        driver: str | None = None,
+        progress: ProgressCallback | None = None,
+        results: str | Path | None = None,
+        write: bool = True,
+    ) -> None:
+        self.setup = get_setup(setup) if isinstance(setup, str) else setup
+        self.params = params or BenchParams()
+        self.driver = resolve_driver(driver)
+        self.progress_callback = progress
+        self.results = Path(results) if results else None
+        self.write = write
+        self.run_id = secrets.token_hex(4)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"brokerstack-bench-{self.setup.name}-"))
+        self.stack = Stack(self.setup, self.driver, self.workdir)
+        self._owned = _Owned()
+        self._t0 = time.monotonic()
+        self._phase = "starting"
+        self._step = 0
+        self._last_emit = 0.0
+        self.path: Path | None = None
+        self.record: dict[str, Any] = {}
+
+    # --- progress --------------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> int:
+        p = self.params
+        api_runs = len(p.api_workers) * (2 if self.setup.broker == "rabbitmq" else 1) * len(p.api_concurrency)
+        return 2 + 1 + 2 * len(p.pools) + api_runs + 1
+
+    def _advance(self, phase: str, message: str) -> None:
+        self._step += 1
+        self._emit(phase, message, force=True)
+
+    def _emit(self, phase: str, message: str, *, force: bool = False) -> None:
+        self._phase = phase
+        now = time.monotonic()
+        if self.progress_callback is None or (not force and now - self._last_emit < 0.2):
+            return
+        self._last_emit = now
+        self.progress_callback(Progress(self.setup.name, phase, message, min(self._step, self.steps), self.steps,
+                                        round(now - self._t0, 1)))
+
+    def _tick(self, message: str) -> None:
+        self._emit(self._phase, message)
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        p = self.params
+        started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        record: dict[str, Any] = {
+            "schema": SCHEMA,
+            "setup": self.setup.name,
+            "broker": self.setup.broker,
+            "mode": p.mode,
+            "status": "running",
+            "run_id": self.run_id,
+            "driver": self.driver,
+            "broker_version": None,
+            "clients": client_versions(),
+            "machine": _machine(),
+            "code": code_version(),
+            "parameters": self._parameters(),
+            "started_at": started_at,
+            "duration_s": None,
+            "raw": None,
+            "end_to_end": None,
+            "api": None,
+            "resources": None,
+            "ratios": None,
+            "errors": [],
+        }
+        self.record = record
+        with _sigterm_as_interrupt():
+            try:
+                self._emit("starting", f"starting {self.setup.name} nodes ({self.driver})", force=True)
+                self.stack.start_nodes(aux=True)
+                broker = self.stack.broker
+                assert broker is not None and self.stack.aux is not None
+                record["broker_version"] = broker.version()
+                record["aux_version"] = self.stack.aux.version()
+                self.settings = self.stack.make_settings()
+                record["parameters"]["settings"] = _settings_summary(self.settings)
+                self._advance("starting", "nodes ready")
+                from worker.celery_app import create_celery
+
+                self.producer = create_celery(self.settings, main="bench-producer", producer_only=True)
+                self._owned.closers.append(self.producer.close)
+                declare_topology(self.producer)
+                self.depth = e2e.QueueDepth(self.setup.broker, self.stack.broker_url)
+                self._owned.closers.append(self.depth.close)
+                self.depth.purge()
+                self.message = e2e.capture_message(self.producer, self.setup.broker, self.stack.broker_url)
+                record["parameters"]["message_bytes"] = self.message.size
+                self._advance("starting", f"captured a {self.message.size}-byte noop message")
+
+                for section, fn in (("raw", self._raw), ("end_to_end", self._end_to_end), ("api", self._api),
+                                    ("resources", self._resources)):
+                    try:
+                        record[section] = fn()
+                    except KeyboardInterrupt:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - recorded; the other sections still run
+                        log.exception("bench section %s failed", section)
+                        record[section] = {"error": f"{type(exc).__name__}: {exc}"}
+                        record["errors"].append({"section": section, "error": f"{type(exc).__name__}: {exc}",
+                                                 "traceback": traceback.format_exc(limit=6)})
+                        self._purge_quietly()
+                record["ratios"] = compute_ratios(record)
+                record["status"] = "failed" if record["errors"] else "completed"
+            except KeyboardInterrupt:
+                record["status"] = "interrupted"
+                raise
+            except BaseException as exc:
+                record["status"] = "failed"
+                record["errors"].append({"section": "setup", "error": f"{type(exc).__name__}: {exc}",
+                                         "traceback": traceback.format_exc(limit=6)})
+                raise
+            finally:
+                with _no_interrupts():
+                    self._emit("closing", "stopping everything", force=True)
+                    self.close()
+                    record["duration_s"] = round(time.monotonic() - self._t0, 1)
+                    if self.write and record["status"] != "interrupted":
+                        self.path = self._write(record)
+                        record["path"] = str(self.path)
+        self._step = self.steps
+        self._emit("done", f"done in {record['duration_s']} s", force=True)
+        return record
+
+    def close(self) -> None:
+        """Stop everything this run started (idempotent)."""
+        while self._owned.processes:
+            proc = self._owned.processes.pop()
+            try:
+                proc.stop(timeout=10)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("stopping %s failed: %r", proc.name, exc)
+        while self._owned.closers:
+            closer = self._owned.closers.pop()
+            try:
+                closer()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("closing failed: %r", exc)
+        self.stack.close(on_error=lambda what, exc: log.warning("closing %s failed: %r", what, exc))
+
+    # --- sections --------------------------------------------------------------------------------
+
+    def _raw(self) -> dict[str, Any]:
+        p = self.params
+        self._emit("raw", "raw client ceiling", force=True)
+        if self.setup.broker == "redis":
+            out = raw.redis_raw(self.stack.broker_url, self.message, p.raw_messages, batch=p.redis_batch, tick=self._tick)
+        else:
+            arguments = profile_for(self.settings).queue_arguments(DEFAULT_QUEUE)
+            out = raw.amqp_raw(self.stack.broker_url, self.message, p.raw_messages, arguments,
+                               prefetch=p.raw_prefetch, window=p.confirm_window, tick=self._tick)
+        out["messages"] = p.raw_messages
+        self._advance("raw", "raw client ceiling measured")
+        return out
+
+    def _end_to_end(self) -> dict[str, Any]:
+        p = self.params
+        out: dict[str, Any] = {
+            "tasks": p.tasks,
+            "task": e2e.NOOP,
+            "queues_consumed": list(WORK_QUEUES),
+            "prefetch_multiplier": self.settings.worker_prefetch_multiplier,
+            "pools": {},
+        }
+        for pool in p.pools:
+            concurrency = 1 if pool == "solo" else p.concurrency
+            out["pools"][pool] = self._one_pool(pool, concurrency)
+        return out
+
+    def _one_pool(self, pool: str, concurrency: int) -> dict[str, Any]:
+        p = self.params
+        broker, aux = self.stack.broker, self.stack.aux
+        assert broker is not None and aux is not None
+        result: dict[str, Any] = {"pool": pool, "concurrency": concurrency}
+        # Backlog: publish, then drain with a fresh worker (no ledger).
+        self._emit("end_to_end", f"{pool}: publishing {p.tasks} tasks", force=True)
+        self.depth.purge()
+        b0 = resources.usage(broker)
+        result["enqueue"] = e2e.publish_backlog(self.producer, p.tasks, tick=self._tick)
+        b1 = resources.usage(broker)
+        worker = self._worker(self.settings, pool, concurrency)
+        self._emit("end_to_end", f"{pool}: draining {p.tasks} tasks", force=True)
+        worker.start()
+
+        def probes() -> dict[str, Any]:
+            return {"broker": resources.usage(broker), "aux": resources.usage(aux),
+                    "worker": proctree.tree_usage(worker.pid) if worker.pid else None}
+
+        consume, at_first, at_end = e2e.drain(self.depth, p.tasks, p.timeout, tick=self._tick, probes=probes,
+                                              max_seconds=p.drain_max_seconds)
+        result["consume"] = consume
+        worker.stop(timeout=20)
+        if consume["truncated"]:
+            self.depth.purge()
+        assert at_first is not None and at_end is not None
+        drained = consume["messages"]
+        result["resources"] = {
+            "broker_publish": resources.per_10k(b0, b1, p.tasks),
+            "broker_consume": resources.per_10k(at_first["broker"], at_end["broker"], drained),
+            "broker_total_cpu_s_per_10k": _sum_cpu(resources.per_10k(b0, b1, p.tasks),
+                                                   resources.per_10k(at_first["broker"], at_end["broker"], drained)),
+            "broker_rss_bytes": {"before": b0["rss_bytes"], "backlog": b1["rss_bytes"], "drained": at_end["broker"]["rss_bytes"]},
+            "result_backend_cpu_s_per_10k": resources.per_10k(at_first["aux"], at_end["aux"], drained)["cpu_s_per_10k"],
+            "worker_cpu_s_per_10k": None,
+        }
+        if at_first.get("worker") and at_end.get("worker"):
+            result["resources"]["worker_cpu_s_per_10k"] = resources.per_10k(at_first["worker"], at_end["worker"], drained)["cpu_s_per_10k"]
+        self._advance("end_to_end", f"{pool}: {consume['per_s']} tasks/s")
+
+        # Steady load with the ledger on: latencies.
+        rate_cap = (consume["per_s"] or 0) / 2
+        target = min(p.latency_rate, rate_cap) if rate_cap else p.latency_rate
+        run = f"bench-{self.run_id}-{pool}"
+        settings = self.stack.make_settings(ledger_url=aux.url, ledger_run=run)
+        self.stack.settings = self.settings  # keep the stack's settings the run's base ones
+        worker = self._worker(settings, pool, concurrency)
+        self._emit("end_to_end", f"{pool}: steady load at {target:g}/s", force=True)
+        worker.start()
+        worker.wait_ready(timeout=120)
+        latency = e2e.steady_latency(self.producer, aux.url, run, rate_per_s=target, seconds=p.latency_seconds,
+                                     warmup_tasks=p.latency_warmup_tasks, timeout=p.timeout, tick=self._tick)
+        latency["rate_capped"] = target < p.latency_rate
+        result["latency"] = latency
+        worker.stop(timeout=20)
+        self._advance("end_to_end", f"{pool}: p99 to finish {latency['enqueue_to_finish_ms']['p99']} ms")
+        return result
+
+    def _worker(self, settings: Any, pool: str, concurrency: int) -> CeleryWorker:
+        worker = CeleryWorker(settings.to_env(), queues=WORK_QUEUES, pool=pool, concurrency=concurrency,
+                              name=f"bench-{pool}", log_dir=self.workdir / "logs")
+        self._owned.processes.append(worker)
+        return worker
+
+    def _api(self) -> dict[str, Any]:
+        p = self.params
+        modes: list[bool | None] = [True, False] if self.setup.broker == "rabbitmq" else [None]
+        out: dict[str, Any] = {
+            "endpoint": "POST /tasks/noop",
+            "load_generator": api_bench.LOAD_GENERATOR,
+            "consumers": 0,
+            "duration_s": p.api_duration,
+            "warmup_s": p.api_warmup,
+            "runs": [],
+        }
+        for uvicorn_workers in p.api_workers:
+            for confirm in modes:
+                overrides = {} if confirm is None else {"rabbitmq_confirm_publish": confirm}
+                settings = self.stack.make_settings(**overrides)
+                self.stack.settings = self.settings
+                label = f"{uvicorn_workers} uvicorn worker(s)" + ("" if confirm is None else f", confirms {'on' if confirm else 'off'}")
+                self._emit("api", f"starting the API: {label}", force=True)
+                server = ApiServer(settings.to_env(), log_dir=self.workdir / "logs", workers=uvicorn_workers)
+                self._owned.processes.append(server)
+                server.start()
+                server.wait_ready(timeout=60)
+                try:
+                    for concurrency in p.api_concurrency:
+                        self._emit("api", f"{label}: {concurrency} clients", force=True)
+                        level = api_bench.measured_level(server.url, server.pid, concurrency=concurrency,
+                                                         duration=p.api_duration, warmup=p.api_warmup)
+                        out["runs"].append({"uvicorn_workers": uvicorn_workers, "confirm_publish": confirm,
+                                            "concurrency": concurrency, **level})
+                        self.depth.purge()
+                        self._advance("api", f"{label}, {concurrency} clients: {level['rps']} req/s")
+                finally:
+                    server.stop(timeout=15)
+                    self._owned.processes.remove(server)
+        return out
+
+    def _resources(self) -> dict[str, Any]:
+        p = self.params
+        broker = self.stack.broker
+        assert broker is not None
+        self._emit("resources", f"backlog of {p.backlog_tasks} tasks", force=True)
+        backlog = resources.backlog_memory(broker, self.setup.broker, self.stack.broker_url, self.message,
+                                           p.backlog_tasks, self.depth)
+        out: dict[str, Any] = {
+            "broker_idle": resources.usage(broker),
+            "backlog": backlog,
+            "per_10k_tasks": _per_10k_summary(self.record.get("end_to_end")),
+        }
+        self._advance("resources", f"backlog of {p.backlog_tasks}: {backlog['rss_growth_bytes']} bytes RSS")
+        return out
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _purge_quietly(self) -> None:
+        try:
+            self.depth.purge()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _parameters(self) -> dict[str, Any]:
+        params = asdict(self.params)
+        params["setup"] = self.setup.describe()
+        params["driver"] = self.driver
+        params["worker_loglevel"] = "INFO"
+        return params
+
+    def _write(self, record: dict[str, Any]) -> Path:
+        name = record_name(self.setup.name, self.driver, self.params.mode)
+        category = CATEGORY if record["status"] == "completed" else f"{CATEGORY}/failed"
+        with _results_env(self.results):
+            return write_record(category, name, record)
+
+
+def declare_topology(app: Any) -> None:
+    """The work queues (and on RabbitMQ the dead-letter queue) as brokerstack declares them, so that
+    a fresh broker can be purged and measured before any worker ran."""
+    from worker.brokers import profile_for as profile_of
+
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in (*app.conf.task_queues, *profile_of(app.brokerstack_settings).dead_letter_queues()):
+            queue(channel).declare()
+
+
+def code_version() -> dict[str, Any]:
+    """The brokerstack commit measured, and which of its files differed from it (None outside git)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--", "worker", "services", "lab")
+    dirty = None if status is None else sorted(line[3:] for line in status.splitlines() if line[:2].strip() == "M")
+    return {"commit": commit, "modified": dirty}
+
+
+def record_name(setup: str, driver: str, mode: str) -> str:
+    """``<setup>-<driver>`` for full runs, ``<setup>-<driver>-quick`` for quick ones."""
+    return f"{setup}-{driver}" + ("" if mode == "full" else f"-{mode}")
+
+
+def run_bench(setup: str | Setup, params: BenchParams | None = None, *, driver: str | None = None,
+              progress: ProgressCallback | None = None, results: str | Path | None = None) -> dict[str, Any]:
+    """Run the bench on ``setup``; returns the record (also written under the results dir)."""
+    return BenchRun(setup, params, driver=driver, progress=progress, results=results).run()
+
+
+# --- ratios ------------------------------------------------------------------------------------------
+
+
+def compute_ratios(record: dict[str, Any]) -> dict[str, Any]:
+    """Brokerstack against the raw client ceiling, from a record's sections."""
+    broker = record["broker"]
+    raw_section = record.get("raw") or {}
+    e2e_section = record.get("end_to_end") or {}
+    api_section = record.get("api") or {}
+    raw_consume = (raw_section.get("consume") or {}).get("per_s")
+    confirm = bool((record.get("parameters", {}).get("settings") or {}).get("RABBITMQ_CONFIRM_PUBLISH"))
+    if broker == "redis":
+        raw_publish_key = "publish"
+    else:
+        raw_publish_key = "publish_confirm" if confirm else "publish"
+    raw_publish = (raw_section.get(raw_publish_key) or {}).get("per_s")
+    pools = e2e_section.get("pools") or {}
+    consume = {pool: ratio((r.get("consume") or {}).get("per_s"), raw_consume) for pool, r in pools.items()}
+    enqueue = {pool: ratio((r.get("enqueue") or {}).get("per_s"), raw_publish) for pool, r in pools.items()}
+    best_pool = max((pool for pool in consume if consume[pool] is not None), key=lambda pool: consume[pool], default=None)
+    goal = GOALS["e2e_vs_raw_consume"][broker]
+    out: dict[str, Any] = {
+        "raw_consume_per_s": raw_consume,
+        "raw_publish_per_s": raw_publish,
+        "raw_publish_basis": raw_publish_key,
+        "e2e_vs_raw_consume": consume,
+        "best_pool": best_pool,
+        "e2e_vs_raw_consume_best": consume.get(best_pool) if best_pool else None,
+        "enqueue_vs_raw_publish": enqueue,
+        "goal_e2e_vs_raw_consume": goal,
+        "meets_goal_e2e": None if best_pool is None else consume[best_pool] >= goal,
+        "raw_confirm_cost": ratio((raw_section.get("publish") or {}).get("per_s"),
+                                  (raw_section.get("publish_confirm") or {}).get("per_s"), 2) if broker == "rabbitmq" else None,
+        "raw_pipelined_confirm_cost": ratio((raw_section.get("publish") or {}).get("per_s"),
+                                            (raw_section.get("publish_confirm_pipelined") or {}).get("per_s"), 2)
+        if broker == "rabbitmq" else None,
+        "api_confirm_cost": None,
+        "api_confirm_cost_by_concurrency": None,
+        "goal_api_confirm_cost_max": GOALS["api_confirm_cost_max"],
+        "meets_goal_api_confirm_cost": None,
+    }
+    if broker == "rabbitmq":
+        runs = api_section.get("runs") or []
+        by_level: dict[str, float | None] = {}
+        workers = sorted({r["uvicorn_workers"] for r in runs})
+        w = workers[0] if workers else None
+        for run in runs:
+            if run["uvicorn_workers"] != w or run["confirm_publish"] is not True:
+                continue
+            off = next((o for o in runs if o["uvicorn_workers"] == w and o["confirm_publish"] is False
+                        and o["concurrency"] == run["concurrency"]), None)
+            if off is not None:
+                by_level[str(run["concurrency"])] = ratio(off["rps"], run["rps"], 2)
+        if by_level:
+            top = max(by_level, key=int)
+            out["api_confirm_cost_by_concurrency"] = by_level
+            out["api_confirm_cost"] = by_level[top]
+            out["api_confirm_cost_uvicorn_workers"] = w
+            if by_level[top] is not None:
+                out["meets_goal_api_confirm_cost"] = by_level[top] <= GOALS["api_confirm_cost_max"]
+    return out
+
+
+def _sum_cpu(*parts: dict[str, Any]) -> float | None:
+    values = [part.get("cpu_s_per_10k") for part in parts]
+    if any(v is None for v in values):
+        return None
+    return round(sum(values), 4)
+
+
+def _per_10k_summary(e2e_section: dict[str, Any] | None) -> dict[str, Any]:
+    """Broker CPU and RSS per 10k tasks, per pool (publish + consume), from the e2e section."""
+    out: dict[str, Any] = {}
+    for pool, result in ((e2e_section or {}).get("pools") or {}).items():
+        res = result.get("resources") or {}
+        out[pool] = {
+            "broker_cpu_s": res.get("broker_total_cpu_s_per_10k"),
+            "broker_rss_growth_bytes_queued": (res.get("broker_publish") or {}).get("rss_growth_bytes_per_10k"),
+            "result_backend_cpu_s": res.get("result_backend_cpu_s_per_10k"),
+            "worker_cpu_s": res.get("worker_cpu_s_per_10k"),
+        }
+    return out
+
+
+def _settings_summary(settings: Any) -> dict[str, Any]:
+    env = settings.to_env()
+    keep = ("BROKER_PROFILE", "RABBITMQ_QUEUE_TYPE", "RABBITMQ_CONFIRM_PUBLISH", "WORKER_PREFETCH_MULTIPLIER",
+            "BROKER_POOL_LIMIT", "REDIS_VISIBILITY_TIMEOUT")
+    out: dict[str, Any] = {}
+    for key in keep:
+        if key in env:
+            value: Any = env[key]
+            if value in ("true", "false"):
+                value = value == "true"
+            elif value.isdigit():
+                value = int(value)
+            out[key] = value
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    info = machine()
+    try:
+        with open("/proc/meminfo") as fh:
+            total_kb = int(fh.readline().split()[1])
+        info["memory_bytes"] = total_kb * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+@contextmanager
+def _results_env(directory: Path | None) -> Iterator[None]:
+    if directory is None:
+        yield
+        return
+    previous = os.environ.get(RESULTS_DIR_ENV)
+    os.environ[RESULTS_DIR_ENV] = str(directory)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(RESULTS_DIR_ENV, None)
+        else:
+            os.environ[RESULTS_DIR_ENV] = previous
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise BenchInterrupted()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """A second Ctrl-C must not cut the cleanup short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+__all__ = ["BenchInterrupted", "BenchParams", "BenchRun", "Progress", "ProgressCallback", "compute_ratios",
+           "record_name", "run_bench", "results_dir"]

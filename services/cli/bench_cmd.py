@@ -1,0 +1,182 @@
+"""``brokerstack bench``: brokerstack against the raw client ceiling, on each broker setup.
+
+    brokerstack bench                                  # every setup, full sizes (~30 min on 2 cores)
+    brokerstack bench --quick                          # every setup, small sizes (CI: ~3 min)
+    brokerstack bench --setup redis-always --setup rabbitmq-confirms --tasks 50000
+    brokerstack bench --quick --json --results-dir /tmp/results
+
+Each setup gets its own broker node and auxiliary Redis (containers, or local broker processes
+with BROKERSTACK_TEST_DRIVER=process), started and stopped by the run; one JSON record per setup is
+written under ``<results dir>/bench/`` (schema: ``lab.bench``'s docstring).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def bench(
+    setups: list[str] = typer.Option(None, "--setup", "-s", help="a setup to run (repeatable; default: all six)"),
+    quick: bool = typer.Option(False, "--quick", help="small sizes: checks that every record is complete, not speeds"),
+    tasks: int = typer.Option(None, "--tasks", "-n", min=10, help="tasks per pool backlog and raw-client messages"),
+    as_json: bool = typer.Option(False, "--json", help="print the records as one JSON array on stdout"),
+    results_dir: Path = typer.Option(None, "--results-dir", help="default: $BROKERSTACK_RESULTS_DIR or results/"),
+    driver: str = typer.Option(None, "--driver", help="docker | process | auto (default: $BROKERSTACK_TEST_DRIVER or auto)"),
+) -> None:
+    """Measure every broker setup: raw client ceiling, end to end per worker pool, the API under load,
+    broker resources. Exits 1 if a setup could not be measured completely."""
+    from lab.bench import BenchParams, run_bench
+    from lab.chaos.setups import SETUPS, get_setup
+
+    names = list(setups or SETUPS)
+    try:
+        chosen = [get_setup(name) for name in names]
+    except ValueError as exc:
+        raise SystemExit(f"brokerstack: {exc}") from None
+    resolved = _check_can_run(driver, {s.broker for s in chosen})
+    params = BenchParams.quick() if quick else BenchParams.full()
+    if tasks is not None:
+        params = params.with_tasks(tasks)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    records: list[dict[str, Any]] = []
+    failed: list[str] = []
+    with Progress(
+        TextColumn("[bold]{task.fields[setup]:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=console, transient=False, disable=not console.is_terminal and as_json,
+    ) as bar:
+        tasks_by_setup = {s.name: bar.add_task("waiting", setup=s.name, total=None) for s in chosen}
+        for setup in chosen:
+            task_id = tasks_by_setup[setup.name]
+
+            def show(p: Any, task_id: int = task_id) -> None:
+                bar.update(task_id, total=p.steps, completed=p.step, description=f"{p.phase}: {p.message}"[:70])
+                if not console.is_terminal and not as_json and p.phase in ("starting", "done") and p.step in (0, p.steps):
+                    console.print(f"{p.setup}: {p.message}")
+
+            try:
+                record = run_bench(setup, params, driver=resolved, progress=show, results=results_dir)
+            except KeyboardInterrupt:
+                console.print("[red]interrupted: everything the bench started has been stopped")
+                raise typer.Exit(130) from None
+            except Exception as exc:  # noqa: BLE001 - one line per setup, the next one still runs
+                failed.append(f"{setup.name}: {type(exc).__name__}: {exc}".splitlines()[0])
+                bar.update(task_id, description=f"[red]failed: {exc}"[:70])
+                continue
+            records.append(record)
+            if record["status"] != "completed":
+                failed.append(f"{setup.name}: " + "; ".join(f"{e['section']}: {e['error']}" for e in record["errors"])[:300])
+
+    if as_json:
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+    else:
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=220)
+        out.print(summary_table(records))
+        for record in records:
+            if record.get("path"):
+                console.print(f"record: {record['path']}")
+    if failed:
+        for line in failed:
+            console.print(f"[red]brokerstack bench: {line}")
+        raise typer.Exit(1)
+
+
+def _check_can_run(driver: str | None, brokers: set[str]) -> str:
+    """The driver to use, or exit with one line saying why nothing can run."""
+    from lab.nodes import docker_available, process_available, resolve_driver
+
+    try:
+        resolved = resolve_driver(driver)
+    except ValueError as exc:
+        raise SystemExit(f"brokerstack: {exc}") from None
+    if resolved == "docker":
+        if not docker_available():
+            raise SystemExit("brokerstack: no Docker engine answers (start one, or use --driver process with "
+                             "redis-server/rabbitmq-server installed)")
+        return resolved
+    missing = sorted(kind for kind in brokers if not process_available(kind))
+    if missing:
+        raise SystemExit(f"brokerstack: cannot run {', '.join(missing)}: no Docker engine and no local broker "
+                         f"binary ({'redis-server' if 'redis' in missing else 'rabbitmq-server'}) on PATH")
+    return resolved
+
+
+def _fmt(value: Any, digits: int = 0, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and digits:
+        return f"{value:.{digits}f}{suffix}"
+    if isinstance(value, (int, float)):
+        return f"{value:,.0f}{suffix}"
+    return str(value)
+
+
+def summary_table(records: list[dict[str, Any]]) -> Table:
+    """One row per setup: raw ceilings, end-to-end per pool and its ratio, latency, API, resources."""
+    table = Table(title="brokerstack bench (tasks/s unless noted; ratio = e2e / raw consume)")
+    columns = ("setup", "raw pub", "raw pub (durab.)", "raw cons", "solo", "threads", "prefork", "best ratio / goal",
+               "enqueue", "p50/p99 to finish ms", "API req/s (max c)", "API p99 ms", "API confirm cost",
+               "broker CPU s/10k", "backlog MB")
+    for column in columns:
+        table.add_column(column, justify="right" if column != "setup" else "left")
+    for r in records:
+        raw = r.get("raw") or {}
+        ratios = r.get("ratios") or {}
+        pools = (r.get("end_to_end") or {}).get("pools") or {}
+
+        def pool_cell(pool: str) -> str:
+            result = pools.get(pool) or {}
+            rate = (result.get("consume") or {}).get("per_s")
+            share = (ratios.get("e2e_vs_raw_consume") or {}).get(pool)
+            return f"{_fmt(rate)} ({_fmt(share, 2)})" if rate else "-"
+
+        best = ratios.get("best_pool")
+        best_result = pools.get(best) or {}
+        finish = ((best_result.get("latency") or {}).get("enqueue_to_finish_ms")) or {}
+        enqueue = (best_result.get("enqueue") or {}).get("per_s")
+        api_runs = (r.get("api") or {}).get("runs") or []
+        top = _top_api_runs(api_runs)
+        api_rps = " / ".join(_fmt(run.get("rps")) for run in top) or "-"
+        api_p99 = " / ".join(_fmt((run.get("latency_ms") or {}).get("p99"), 1) for run in top) or "-"
+        backlog = ((r.get("resources") or {}).get("backlog")) or {}
+        growth = backlog.get("rss_growth_bytes")
+        broker_cpu = (((r.get("resources") or {}).get("per_10k_tasks") or {}).get(best) or {}).get("broker_cpu_s")
+        best_ratio = ratios.get("e2e_vs_raw_consume_best")
+        table.add_row(
+            r["setup"] + ("" if r.get("status") == "completed" else f" [red]({r.get('status')})"),
+            _fmt((raw.get("publish") or {}).get("per_s")),
+            _fmt(ratios.get("raw_publish_per_s")),
+            _fmt(ratios.get("raw_consume_per_s")),
+            pool_cell("solo"), pool_cell("threads"), pool_cell("prefork"),
+            f"{_fmt(best_ratio, 2)} / {_fmt(ratios.get('goal_e2e_vs_raw_consume'), 1)}",
+            _fmt(enqueue),
+            f"{_fmt(finish.get('p50'), 1)} / {_fmt(finish.get('p99'), 1)}",
+            api_rps, api_p99,
+            _fmt(ratios.get("api_confirm_cost"), 2),
+            _fmt(broker_cpu, 2),
+            _fmt(growth / 1e6 if growth is not None else None, 1) + (f" ({backlog.get('tasks'):,})" if growth is not None else ""),
+        )
+    return table
+
+
+def _top_api_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs at the highest concurrency with the fewest uvicorn workers (confirms on, then off)."""
+    if not runs:
+        return []
+    workers = min(run["uvicorn_workers"] for run in runs)
+    level = max(run["concurrency"] for run in runs)
+    chosen = [run for run in runs if run["uvicorn_workers"] == workers and run["concurrency"] == level]
+    return sorted(chosen, key=lambda run: run.get("confirm_publish") is False)
