@@ -8,6 +8,7 @@ import pytest
 
 from tests.helpers import enqueue, run_task, wait_for, wait_for_task
 from worker.celery_app import create_celery
+from worker.inspection import queue_depths
 from worker.outbox import Outbox
 
 pytestmark = pytest.mark.integration
@@ -179,3 +180,22 @@ def test_revoke_a_waiting_task(api, worker):
     status = wait_for_task(api, task_id, timeout=20)
     assert status["state"] == "REVOKED"
     assert status["result"] is None
+
+
+@pytest.mark.parametrize("pool", ["solo", "prefork"])
+def test_late_acks_let_the_next_task_in_at_once(settings, start_worker, pool):
+    """With acks_late and prefetch 1 the broker sends the next task only once the last one is
+    acked. Celery queues that ack on the event loop, which then sleeps until its next timer before
+    sending it: a local broker's backlog drained at about one task per second or two. The
+    consumer sends it at once (worker.consumer)."""
+    assert (settings.worker_prefetch_multiplier, create_celery(settings).conf.task_acks_late) == (1, True)
+    producer = create_celery(settings, producer_only=True)
+    noop = producer.tasks["worker.tasks.tools.noop"]
+    backlog = 200
+    for _ in range(backlog):
+        noop.apply_async(ignore_result=True)  # nothing else on the worker's connections to wake it
+    assert queue_depths(producer)["default"] == backlog
+    start_worker(settings, pool=pool, concurrency=1)
+    # Well under a second of work; with the late acks held back it takes minutes.
+    wait_for(lambda: queue_depths(producer)["default"] == 0, 15, f"{backlog} no-op tasks to be taken", interval=0.1)
+    producer.close()
