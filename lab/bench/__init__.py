@@ -42,14 +42,18 @@ Record schema ``brokerstack.bench/1`` (rates are ``{"messages", "seconds", "per_
                       rabbitmq: publish (persistent, no confirms), publish_confirm (a confirm per
                                 message), publish_confirm_pipelined (window), consume (prefetch,
                                 one ack per message), consume_prefetch1, queue_arguments, prefetch
-    end_to_end        tasks (backlog per pool), task, queues_consumed, prefetch_multiplier, and
-                      pools.<solo|threads|prefork>:
+    end_to_end        tasks (backlog per pool), task, queues_consumed, prefetch_multiplier (of the
+                      throughput drain), results_stored (false: fire-and-forget),
+                      defaults_prefetch_multiplier, and pools.<solo|threads|prefork>:
                         pool, concurrency
-                        enqueue    rate of apply_async from one thread + producer_threads,
-                                   call_latency_ms (per apply_async call)
+                        enqueue    rate of apply_async(ignore_result=True) from one thread +
+                                   producer_threads, call_latency_ms (per apply_async call)
                         consume    rate from the queue's first drop to empty (at most
-                                   drain_max_seconds: then truncated is true) + startup_s
-                        latency    steady load with the ledger on: rate_target_per_s,
+                                   drain_max_seconds: then truncated is true) + startup_s,
+                                   prefetch_multiplier, results_stored
+                        defaults   the same backlog with brokerstack's defaults: prefetch_multiplier
+                                   (1), results_stored (true), enqueue, consume
+                        latency    steady load, defaults, ledger on: rate_target_per_s,
                                    rate_achieved_per_s, rate_capped, tasks, warmup_tasks, finished,
                                    enqueue_call_ms, enqueue_to_start_ms, enqueue_to_finish_ms
                         resources  broker_publish / broker_consume {cpu_s_per_10k,
@@ -68,7 +72,8 @@ Record schema ``brokerstack.bench/1`` (rates are ``{"messages", "seconds", "per_
                                result_backend_cpu_s, worker_cpu_s}
     ratios            raw_consume_per_s, raw_publish_per_s, raw_publish_basis (the raw publish
                       with the setup's durability: "publish" or "publish_confirm"),
-                      e2e_vs_raw_consume {pool: ratio}, best_pool, e2e_vs_raw_consume_best,
+                      e2e_vs_raw_consume {pool: ratio} (fire-and-forget drain),
+                      e2e_defaults_vs_raw_consume {pool: ratio} (defaults drain), best_pool, e2e_vs_raw_consume_best,
                       enqueue_vs_raw_publish {pool: ratio}, goal_e2e_vs_raw_consume (0.5 Redis,
                       0.6 RabbitMQ), meets_goal_e2e, raw_confirm_cost and
                       raw_pipelined_confirm_cost (unconfirmed / confirmed raw publish rate),

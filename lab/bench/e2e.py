@@ -2,10 +2,13 @@
 
 Per pool two phases, each with a worker process of its own:
 
-* **backlog** (throughput): ``tasks`` noop tasks are published through a producer-only Celery app
-  (one thread, ``apply_async``: the enqueue rate and the per-call enqueue latency), *then* a
-  worker is started and the time from the queue's first drop to its being empty is the consume
-  rate. No execution ledger here: it would add two Redis writes per task to what is measured.
+* **backlog** (throughput), twice: ``tasks`` noop tasks are published through a producer-only
+  Celery app (one thread, ``apply_async``: the enqueue rate and the per-call enqueue latency),
+  *then* a worker is started and the time from the queue's first drop to its being empty is the
+  consume rate. First fire-and-forget (``ignore_result``) with a throughput prefetch, as the raw
+  ceiling stores no results either; then with brokerstack's defaults (prefetch 1, STARTED and
+  SUCCESS written to the result backend), which is the price of tracking every task. No
+  execution ledger here: it would add two Redis writes per task to what is measured.
 * **steady** (latency): a worker with the execution ledger on (``LEDGER_URL``: it records each
   task's start and finish with wall-clock time) gets noop tasks at a steady ``rate``; the producer
   notes each task's enqueue time, so enqueue->start and enqueue->finish are per-task latencies.
@@ -135,14 +138,15 @@ def capture_message(app: Any, broker: str, url: str, queue: str = DEFAULT_QUEUE)
 # --- publishing ---------------------------------------------------------------------------------------
 
 
-def publish_backlog(app: Any, count: int, tick: Tick | None = None) -> dict[str, Any]:
-    """``count`` noop tasks through ``apply_async`` as fast as one thread goes."""
+def publish_backlog(app: Any, count: int, tick: Tick | None = None, *, ignore_result: bool = False) -> dict[str, Any]:
+    """``count`` noop tasks through ``apply_async`` as fast as one thread goes; ``ignore_result``
+    makes them fire-and-forget (the worker stores no state for them)."""
     task = app.tasks[NOOP]
     durations: list[float] = []
     started = time.perf_counter()
     for i in range(count):
         t0 = time.perf_counter()
-        task.apply_async()
+        task.apply_async(ignore_result=ignore_result)
         durations.append(time.perf_counter() - t0)
         if tick is not None and i % 500 == 0:
             tick(f"publishing {i}/{count}")

@@ -56,6 +56,10 @@ class BenchParams:
     pools: tuple[str, ...] = POOLS
     #: Worker processes/threads of the threads and prefork pools (solo is always 1).
     concurrency: int = 2
+    #: Prefetch multiplier of the throughput drain, whose tasks are fire-and-forget (no result
+    #: stored), like the raw ceiling. The second drain and the latency run use brokerstack's
+    #: defaults (prefetch 1, STARTED and SUCCESS stored in the result backend).
+    throughput_prefetch: int = 16
     #: Steady-load latency run: tasks per second (capped at half the pool's drain rate) and length.
     latency_rate: float = 200.0
     latency_seconds: float = 10.0
@@ -157,7 +161,7 @@ class BenchRun:
     def steps(self) -> int:
         p = self.params
         api_runs = len(p.api_workers) * (2 if self.setup.broker == "rabbitmq" else 1) * len(p.api_concurrency)
-        return 2 + 1 + 2 * len(p.pools) + api_runs + 1
+        return 2 + 1 + 3 * len(p.pools) + api_runs + 1
 
     def _advance(self, phase: str, message: str) -> None:
         self._step += 1
@@ -297,7 +301,9 @@ class BenchRun:
             "tasks": p.tasks,
             "task": e2e.NOOP,
             "queues_consumed": list(WORK_QUEUES),
-            "prefetch_multiplier": self.settings.worker_prefetch_multiplier,
+            "prefetch_multiplier": p.throughput_prefetch,
+            "results_stored": False,
+            "defaults_prefetch_multiplier": self.settings.worker_prefetch_multiplier,
             "pools": {},
         }
         for pool in p.pools:
@@ -307,50 +313,28 @@ class BenchRun:
 
     def _one_pool(self, pool: str, concurrency: int) -> dict[str, Any]:
         p = self.params
-        broker, aux = self.stack.broker, self.stack.aux
-        assert broker is not None and aux is not None
+        aux = self.stack.aux
+        assert aux is not None
         result: dict[str, Any] = {"pool": pool, "concurrency": concurrency}
-        # Backlog: publish, then drain with a fresh worker (no ledger).
-        self._emit("end_to_end", f"{pool}: publishing {p.tasks} tasks", force=True)
-        self.depth.purge()
-        b0 = resources.usage(broker)
-        result["enqueue"] = e2e.publish_backlog(self.producer, p.tasks, tick=self._tick)
-        b1 = resources.usage(broker)
-        worker = self._worker(self.settings, pool, concurrency)
-        self._emit("end_to_end", f"{pool}: draining {p.tasks} tasks", force=True)
-        worker.start()
+        # Throughput: fire-and-forget tasks, prefetch as a throughput-tuned deployment sets it.
+        fast = self.stack.make_settings(worker_prefetch_multiplier=p.throughput_prefetch)
+        self.stack.settings = self.settings  # keep the stack's settings the run's base ones
+        enqueue, consume, res = self._backlog(pool, concurrency, fast, ignore_result=True)
+        result.update(enqueue=enqueue, consume=consume, resources=res)
+        self._advance("end_to_end", f"{pool}: {consume['per_s']} tasks/s fire-and-forget")
 
-        def probes() -> dict[str, Any]:
-            return {"broker": resources.usage(broker), "aux": resources.usage(aux),
-                    "worker": proctree.tree_usage(worker.pid) if worker.pid else None}
+        # The same drain with brokerstack's defaults: prefetch 1, every result stored.
+        enqueue, consume, _ = self._backlog(pool, concurrency, self.settings, ignore_result=False)
+        result["defaults"] = {"prefetch_multiplier": self.settings.worker_prefetch_multiplier,
+                              "results_stored": True, "enqueue": enqueue, "consume": consume}
+        self._advance("end_to_end", f"{pool}: {consume['per_s']} tasks/s with defaults")
 
-        consume, at_first, at_end = e2e.drain(self.depth, p.tasks, p.timeout, tick=self._tick, probes=probes,
-                                              max_seconds=p.drain_max_seconds)
-        result["consume"] = consume
-        worker.stop(timeout=20)
-        if consume["truncated"]:
-            self.depth.purge()
-        assert at_first is not None and at_end is not None
-        drained = consume["messages"]
-        result["resources"] = {
-            "broker_publish": resources.per_10k(b0, b1, p.tasks),
-            "broker_consume": resources.per_10k(at_first["broker"], at_end["broker"], drained),
-            "broker_total_cpu_s_per_10k": _sum_cpu(resources.per_10k(b0, b1, p.tasks),
-                                                   resources.per_10k(at_first["broker"], at_end["broker"], drained)),
-            "broker_rss_bytes": {"before": b0["rss_bytes"], "backlog": b1["rss_bytes"], "drained": at_end["broker"]["rss_bytes"]},
-            "result_backend_cpu_s_per_10k": resources.per_10k(at_first["aux"], at_end["aux"], drained)["cpu_s_per_10k"],
-            "worker_cpu_s_per_10k": None,
-        }
-        if at_first.get("worker") and at_end.get("worker"):
-            result["resources"]["worker_cpu_s_per_10k"] = resources.per_10k(at_first["worker"], at_end["worker"], drained)["cpu_s_per_10k"]
-        self._advance("end_to_end", f"{pool}: {consume['per_s']} tasks/s")
-
-        # Steady load with the ledger on: latencies.
+        # Steady load with the ledger on and brokerstack's defaults: latencies.
         rate_cap = (consume["per_s"] or 0) / 2
         target = min(p.latency_rate, rate_cap) if rate_cap else p.latency_rate
         run = f"bench-{self.run_id}-{pool}"
         settings = self.stack.make_settings(ledger_url=aux.url, ledger_run=run)
-        self.stack.settings = self.settings  # keep the stack's settings the run's base ones
+        self.stack.settings = self.settings
         worker = self._worker(settings, pool, concurrency)
         self._emit("end_to_end", f"{pool}: steady load at {target:g}/s", force=True)
         worker.start()
@@ -362,6 +346,50 @@ class BenchRun:
         worker.stop(timeout=20)
         self._advance("end_to_end", f"{pool}: p99 to finish {latency['enqueue_to_finish_ms']['p99']} ms")
         return result
+
+    def _backlog(self, pool: str, concurrency: int, settings: Any, *, ignore_result: bool,
+                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Publish ``tasks`` noops, then drain them with a fresh worker (no ledger): the enqueue
+        rate, the consume rate, and what the broker, result backend and worker spent on them."""
+        p = self.params
+        broker, aux = self.stack.broker, self.stack.aux
+        assert broker is not None and aux is not None
+        label = "fire-and-forget" if ignore_result else "defaults"
+        self._emit("end_to_end", f"{pool}: publishing {p.tasks} tasks ({label})", force=True)
+        self.depth.purge()
+        b0 = resources.usage(broker)
+        enqueue = e2e.publish_backlog(self.producer, p.tasks, tick=self._tick, ignore_result=ignore_result)
+        b1 = resources.usage(broker)
+        worker = self._worker(settings, pool, concurrency)
+        self._emit("end_to_end", f"{pool}: draining {p.tasks} tasks ({label})", force=True)
+        worker.start()
+
+        def probes() -> dict[str, Any]:
+            return {"broker": resources.usage(broker), "aux": resources.usage(aux),
+                    "worker": proctree.tree_usage(worker.pid) if worker.pid else None}
+
+        consume, at_first, at_end = e2e.drain(self.depth, p.tasks, p.timeout, tick=self._tick, probes=probes,
+                                              max_seconds=p.drain_max_seconds)
+        consume["prefetch_multiplier"] = settings.worker_prefetch_multiplier
+        consume["results_stored"] = not ignore_result
+        worker.stop(timeout=20)
+        if consume["truncated"]:
+            self.depth.purge()
+        assert at_first is not None and at_end is not None
+        drained = consume["messages"]
+        publish = resources.per_10k(b0, b1, p.tasks)
+        drain = resources.per_10k(at_first["broker"], at_end["broker"], drained)
+        res = {
+            "broker_publish": publish,
+            "broker_consume": drain,
+            "broker_total_cpu_s_per_10k": _sum_cpu(publish, drain),
+            "broker_rss_bytes": {"before": b0["rss_bytes"], "backlog": b1["rss_bytes"], "drained": at_end["broker"]["rss_bytes"]},
+            "result_backend_cpu_s_per_10k": resources.per_10k(at_first["aux"], at_end["aux"], drained)["cpu_s_per_10k"],
+            "worker_cpu_s_per_10k": None,
+        }
+        if at_first.get("worker") and at_end.get("worker"):
+            res["worker_cpu_s_per_10k"] = resources.per_10k(at_first["worker"], at_end["worker"], drained)["cpu_s_per_10k"]
+        return enqueue, consume, res
 
     def _worker(self, settings: Any, pool: str, concurrency: int) -> CeleryWorker:
         worker = CeleryWorker(settings.to_env(), queues=WORK_QUEUES, pool=pool, concurrency=concurrency,
@@ -501,6 +529,8 @@ def compute_ratios(record: dict[str, Any]) -> dict[str, Any]:
     raw_publish = (raw_section.get(raw_publish_key) or {}).get("per_s")
     pools = e2e_section.get("pools") or {}
     consume = {pool: ratio((r.get("consume") or {}).get("per_s"), raw_consume) for pool, r in pools.items()}
+    with_defaults = {pool: ratio(((r.get("defaults") or {}).get("consume") or {}).get("per_s"), raw_consume)
+                     for pool, r in pools.items()}
     enqueue = {pool: ratio((r.get("enqueue") or {}).get("per_s"), raw_publish) for pool, r in pools.items()}
     best_pool = max((pool for pool in consume if consume[pool] is not None), key=lambda pool: consume[pool], default=None)
     goal = GOALS["e2e_vs_raw_consume"][broker]
@@ -509,6 +539,7 @@ def compute_ratios(record: dict[str, Any]) -> dict[str, Any]:
         "raw_publish_per_s": raw_publish,
         "raw_publish_basis": raw_publish_key,
         "e2e_vs_raw_consume": consume,
+        "e2e_defaults_vs_raw_consume": with_defaults,
         "best_pool": best_pool,
         "e2e_vs_raw_consume_best": consume.get(best_pool) if best_pool else None,
         "enqueue_vs_raw_publish": enqueue,

@@ -93,6 +93,10 @@ def test_end_to_end_per_pool(records: dict[str, dict[str, Any]], setup: str) -> 
         assert result["enqueue"]["messages"] == e2e["tasks"] and positive(result["enqueue"]["per_s"])
         latency_complete(result["enqueue"]["call_latency_ms"])
         assert positive(result["consume"]["messages"]) and positive(result["consume"]["per_s"])
+        assert (result["consume"]["prefetch_multiplier"], result["consume"]["results_stored"]) == (16, False)
+        defaults = result["defaults"]
+        assert (defaults["consume"]["prefetch_multiplier"], defaults["consume"]["results_stored"]) == (1, True)
+        assert positive(defaults["consume"]["per_s"]) and defaults["enqueue"]["messages"] == e2e["tasks"]
         steady = result["latency"]
         assert steady["finished"] == steady["tasks"] > 0
         for key in ("enqueue_call_ms", "enqueue_to_start_ms", "enqueue_to_finish_ms"):
@@ -124,6 +128,8 @@ def test_resources_and_ratios(records: dict[str, dict[str, Any]], setup: str) ->
     ratios = record["ratios"]
     assert set(ratios["e2e_vs_raw_consume"]) == set(POOLS)
     assert all(positive(v) for v in ratios["e2e_vs_raw_consume"].values())
+    assert set(ratios["e2e_defaults_vs_raw_consume"]) == set(POOLS)
+    assert all(positive(v) for v in ratios["e2e_defaults_vs_raw_consume"].values())
     assert all(positive(v) for v in ratios["enqueue_vs_raw_publish"].values())
     assert ratios["best_pool"] in POOLS and isinstance(ratios["meets_goal_e2e"], bool)
     if record["broker"] == "rabbitmq":
