@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -27,6 +25,7 @@ from lab.bench import e2e, raw, resources
 from lab.bench.stats import ratio
 from lab.chaos.setups import Setup, get_setup
 from lab.chaos.stack import Stack
+from lab.interrupts import no_interrupts, sigterm_raises
 from lab.nodes import proctree, resolve_driver
 from lab.processes import ApiServer, CeleryWorker, ManagedProcess
 from lab.results import RESULTS_DIR_ENV, client_versions, machine, results_dir, write_record
@@ -207,7 +206,7 @@ class BenchRun:
             "errors": [],
         }
         self.record = record
-        with _sigterm_as_interrupt():
+        with sigterm_raises(BenchInterrupted):
             try:
                 self._emit("starting", f"starting {self.setup.name} nodes ({self.driver})", force=True)
                 self.stack.start_nodes(aux=True)
@@ -253,7 +252,7 @@ class BenchRun:
                                          "traceback": traceback.format_exc(limit=6)})
                 raise
             finally:
-                with _no_interrupts():
+                with no_interrupts():
                     self._emit("closing", "stopping everything", force=True)
                     self.close()
                     record["duration_s"] = round(time.monotonic() - self._t0, 1)
@@ -651,36 +650,6 @@ def _results_env(directory: Path | None) -> Iterator[None]:
             os.environ.pop(RESULTS_DIR_ENV, None)
         else:
             os.environ[RESULTS_DIR_ENV] = previous
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise BenchInterrupted()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _no_interrupts() -> Iterator[None]:
-    """A second Ctrl-C must not cut the cleanup short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 __all__ = ["BenchInterrupted", "BenchParams", "BenchRun", "Progress", "ProgressCallback", "compute_ratios",

@@ -18,13 +18,10 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import statistics
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +38,7 @@ from lab.chaos.ledger import (
 from lab.chaos.record import RunRecord, package_versions, results_dir, write_record
 from lab.chaos.setups import GUARANTEE_NO_LOSS, Setup, get_setup
 from lab.chaos.stack import Stack
+from lab.interrupts import no_interrupts, sigterm_raises
 from lab.nodes import resolve_driver
 from worker.topology import DEAD_LETTER_QUEUE
 
@@ -198,7 +196,7 @@ class ChaosRun:
         record.versions = package_versions()
         record.parameters = self._parameters()
         record.guarantee = self.setup.guarantee_for(self.scenario.name)
-        with _sigterm_as_interrupt():
+        with sigterm_raises(RunInterrupted):
             try:
                 self.emit("starting", f"{self.scenario.name} on {self.setup.name} ({self.driver})", force=True)
                 self.scenario.run(self)
@@ -215,7 +213,7 @@ class ChaosRun:
                 record.details["traceback"] = traceback.format_exc(limit=8)
                 raise
             finally:
-                with _no_interrupts():
+                with no_interrupts():
                     self._finish()
         self.emit("done", "done", force=True)
         return record
@@ -483,37 +481,6 @@ def _rounded(value: Any) -> Any:
 
 def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises RunInterrupted in the main thread, so the run's finally blocks clean up."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise RunInterrupted()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _no_interrupts() -> Iterator[None]:
-    """A second Ctrl-C must not cut the cleanup short: hold SIGINT/SIGTERM until it is done."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 __all__ = ["ChaosRun", "Progress", "ProgressCallback", "RunInterrupted", "RunOptions", "run_scenario", "summarize"]

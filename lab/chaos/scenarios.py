@@ -252,12 +252,18 @@ class BrokerFaultScenario(Scenario):
         if ctx.options.down_seconds:
             ctx.pause(ctx.options.down_seconds, "broker down")
         ctx.emit("fault", f"{self.action} {n}/{ctx.faults_total}: restarting", force=True)
-        start_call = time.time()
-        node.start()
-        node.wait_ready()
-        ready_at = time.time()
-        fault.update(ready_at=ready_at, restart_s=ready_at - start_call, down_s=ready_at - killed_at, ref_at=ready_at)
-        return fault
+        return restart_node(node, fault, killed_at)
+
+
+def restart_node(node: Any, fault: dict[str, Any], killed_at: float) -> dict[str, Any]:
+    """Start a stopped or killed broker node on the same data, wait until it serves, and note in
+    ``fault`` how long the restart took and how long the broker was down in all."""
+    start_call = time.time()
+    node.start()
+    node.wait_ready()
+    ready_at = time.time()
+    fault.update(ready_at=ready_at, restart_s=ready_at - start_call, down_s=ready_at - killed_at, ref_at=ready_at)
+    return fault
 
 
 class BrokerKill(BrokerFaultScenario):
@@ -474,12 +480,7 @@ class ProducerOutage(Scenario):
         fault = fault_entry(ctx, n, "kill", node.name, killed_at)
         fault["dead_at"] = time.time()
         ctx.pause(ctx.options.down_seconds or 0.0, "broker down")
-        start_call = time.time()
-        node.start()
-        node.wait_ready()
-        ready_at = time.time()
-        fault.update(ready_at=ready_at, restart_s=ready_at - start_call, down_s=ready_at - killed_at, ref_at=ready_at)
-        return fault
+        return restart_node(node, fault, killed_at)
 
 
 # --- a plain kombu publisher, killed right after a burst ------------------------------------------------------

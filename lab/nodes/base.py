@@ -216,6 +216,43 @@ def amqp_probe(port: int, options: RabbitOptions) -> str:
             pass
 
 
+class RedisEndpoints:
+    """The port and URL of a Redis node, however it runs (the port is chosen once, so a restarted
+    node comes back on it)."""
+
+    _port: int
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return redis_url(self._port)
+
+
+class RabbitEndpoints:
+    """The AMQP and management ports and URLs of a RabbitMQ node, however it runs."""
+
+    _port: int
+    _management_port: int | None
+    options: RabbitOptions
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return amqp_url(self._port, self.options)
+
+    @property
+    def management_url(self) -> str | None:
+        if self._management_port is None:
+            return None
+        return management_http_url(self._management_port, self.options)
+
+
 class BrokerNode(ABC):
     """One broker the lab controls.  See lab/nodes/__init__.py for the contract."""
 

@@ -22,16 +22,15 @@ from . import proctree  # noqa: E402
 from .base import (  # noqa: E402
     LOOPBACK,
     BrokerNode,
+    RabbitEndpoints,
+    RedisEndpoints,
     NodeError,
     RabbitOptions,
     RedisOptions,
     amqp_probe,
-    amqp_url,
-    management_http_url,
     poll,
     random_suffix,
     redis_probe,
-    redis_url,
     untrack,
 )
 from .config import (  # noqa: E402
@@ -285,7 +284,7 @@ class DockerNode(BrokerNode):
         )
 
 
-class DockerRedisNode(DockerNode):
+class DockerRedisNode(RedisEndpoints, DockerNode):
     kind = "redis"
 
     def __init__(
@@ -294,14 +293,6 @@ class DockerRedisNode(DockerNode):
         super().__init__(name or f"brokerstack-test-redis-{random_suffix()}", image or redis_image())
         self.options = options or RedisOptions()
         self._port = free_port()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        return redis_url(self._port)
 
     def _build(self) -> Any:
         container = self._new_container(command=redis_docker_args(self.options))
@@ -314,7 +305,7 @@ class DockerRedisNode(DockerNode):
         return redis_probe(self._port)
 
 
-class DockerRabbitNode(DockerNode):
+class DockerRabbitNode(RabbitEndpoints, DockerNode):
     kind = "rabbitmq"
 
     def __init__(
@@ -341,20 +332,6 @@ class DockerRabbitNode(DockerNode):
     @property
     def node_name(self) -> str:
         return f"rabbit@{self.name}"
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        return amqp_url(self._port, self.options)
-
-    @property
-    def management_url(self) -> str | None:
-        if self._management_port is None:
-            return None
-        return management_http_url(self._management_port, self.options)
 
     def _build(self) -> Any:
         container = self._new_container()

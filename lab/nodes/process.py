@@ -27,16 +27,15 @@ from .base import (
     LOOPBACK,
     BrokerKind,
     BrokerNode,
+    RabbitEndpoints,
+    RedisEndpoints,
     NodeError,
     RabbitOptions,
     RedisOptions,
     amqp_probe,
-    amqp_url,
-    management_http_url,
     poll,
     random_suffix,
     redis_probe,
-    redis_url,
     untrack,
 )
 from .config import (
@@ -361,7 +360,7 @@ class ProcessNode(BrokerNode):
                 shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class ProcessRedisNode(ProcessNode):
+class ProcessRedisNode(RedisEndpoints, ProcessNode):
     kind = "redis"
 
     def __init__(
@@ -375,14 +374,6 @@ class ProcessRedisNode(ProcessNode):
         super().__init__(name or f"brokerstack-test-redis-{random_suffix()}", base_dir)
         self.options = options or RedisOptions()
         self._port = port if port is not None else free_port()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        return redis_url(self._port)
 
     def _prepare(self) -> None:
         binary = find_redis_server()
@@ -418,7 +409,7 @@ def make_erlang_home(path: Path, cookie: str | None = None) -> Path:
     return path
 
 
-class ProcessRabbitNode(ProcessNode):
+class ProcessRabbitNode(RabbitEndpoints, ProcessNode):
     kind = "rabbitmq"
 
     def __init__(
@@ -448,22 +439,8 @@ class ProcessRabbitNode(ProcessNode):
         self._env: dict[str, str] = {}
 
     @property
-    def port(self) -> int:
-        return self._port
-
-    @property
     def dist_port(self) -> int:
         return self._dist_port
-
-    @property
-    def url(self) -> str:
-        return amqp_url(self._port, self.options)
-
-    @property
-    def management_url(self) -> str | None:
-        if self._management_port is None:
-            return None
-        return management_http_url(self._management_port, self.options)
 
     def _prepare(self) -> None:
         script = find_rabbitmq_server()
