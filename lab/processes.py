@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from lab.nodes.ports import free_port
+from services.api.http import IMPORT_PATH as NODELAY_HTTP
 from worker.topology import WORK_QUEUES
 
 #: Environment a child inherits from this process besides the settings it is given.
@@ -183,6 +184,7 @@ class ApiServer(ManagedProcess):
         argv = [
             sys.executable, "-m", "uvicorn", "--factory", "services.api.app:create_app",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-access-log",
+            "--http", NODELAY_HTTP,  # Nagle off, also with --workers
         ]
         super().__init__(f"api-{self.port}", argv, env, log_dir)
 
