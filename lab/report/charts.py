@@ -23,6 +23,20 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _grouped_bars(groups: list[str], series: dict[str, list[float]], path: Path, *, ylabel: str, title: str) -> Path:
+    """One bar per series side by side in each group (setup)."""
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar([x + i * width for x in range(len(groups))], values, width, label=name)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(groups))], groups, rotation=15)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
 def throughput_chart(bench: list[dict[str, Any]], path: Path) -> Path | None:
     """Per setup: the raw consume ceiling beside brokerstack end to end, per worker pool."""
     if not bench:
@@ -33,16 +47,8 @@ def throughput_chart(bench: list[dict[str, Any]], path: Path) -> Path | None:
         series[f"brokerstack, {pool}"] = [
             ((r["end_to_end"].get("pools") or {}).get(pool) or {}).get("consume", {}).get("per_s", 0) for r in bench
         ]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / len(series)
-    for i, (name, values) in enumerate(series.items()):
-        ax.bar([x + i * width for x in range(len(setups))], values, width, label=name)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(setups))], setups, rotation=15)
-    ax.set_ylabel("messages / tasks per second")
-    ax.set_title("Consume throughput: raw client ceiling vs brokerstack end to end (no-op tasks)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return _grouped_bars(setups, series, path, ylabel="messages / tasks per second",
+                         title="Consume throughput: raw client ceiling vs brokerstack end to end (no-op tasks)")
 
 
 def latency_chart(bench: list[dict[str, Any]], path: Path, pool: str = "solo") -> Path | None:
@@ -71,14 +77,9 @@ def durability_chart(rows: list[dict[str, Any]], path: Path) -> Path | None:
         return None
     setups = sorted({r["setup"] for r in rows}, key=[r["setup"] for r in rows].index)
     scenarios = sorted({r["scenario"] for r in rows}, key=[r["scenario"] for r in rows].index)
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / max(len(scenarios), 1)
-    for i, scenario in enumerate(scenarios):
+    series = {}
+    for scenario in scenarios:
         lost = {r["setup"]: r["lost"] or 0 for r in rows if r["scenario"] == scenario}
-        ax.bar([x + i * width for x in range(len(setups))], [lost.get(s, 0) for s in setups], width, label=scenario)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(setups))], setups, rotation=15)
-    ax.set_ylabel("acknowledged tasks lost")
-    ax.set_title("What a kill cost: acknowledged but never executed")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+        series[scenario] = [lost.get(s, 0) for s in setups]
+    return _grouped_bars(setups, series, path, ylabel="acknowledged tasks lost",
+                         title="What a kill cost: acknowledged but never executed")
