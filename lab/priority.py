@@ -52,15 +52,17 @@ def measure_priority(
         with CeleryWorker(settings.to_env(), queues=["default"], log_dir=log_dir or Path(tempfile.mkdtemp())) as worker:
             worker.wait_ready()
             worker.wait_until(
-                lambda: all(backend.get_task_meta(t)["status"] == "SUCCESS" for t in (low[-1], *high))
-                and all(backend.get_task_meta(t)["status"] == "SUCCESS" for t in low),
+                lambda: (
+                    all(backend.get_task_meta(t)["status"] == "SUCCESS" for t in (low[-1], *high))
+                    and all(backend.get_task_meta(t)["status"] == "SUCCESS" for t in low)
+                ),
                 DRAIN_TIMEOUT,
                 "the backlog to drain",
             )
         done_at = {t: backend.get_task_meta(t)["date_done"] for t in low + high}
     finally:
         app.close()
-    order = sorted(done_at, key=done_at.get)
+    order = sorted(done_at, key=lambda t: done_at[t])
     ranks = sorted(order.index(t) for t in high)
     queue_type = settings.rabbitmq_queue_type if broker.kind == "rabbitmq" else "redis-lists"
     record = {

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from celery import Celery
 from fastapi import FastAPI
 
 from services.api.body_limit import BodySizeLimit
@@ -24,9 +25,14 @@ EXTRA_THREADS = 4
 logger = logging.getLogger("brokerstack.api")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, celery_app: Celery | None = None) -> FastAPI:
+    """The API for ``settings`` (default: from the environment, exiting on invalid ones).
+
+    ``celery_app``: publish through this app instead of the one ``settings`` build; the fast tests
+    pass one on Celery's in-memory transport (settings themselves accept only real brokers)."""
     settings = settings or settings_or_exit()
-    celery_app = create_celery(settings, main="api", producer_only=True)
+    if celery_app is None:
+        celery_app = create_celery(settings, main="api", producer_only=True)
     producer = Producer(
         celery_app, timeout=settings.publish_timeout, threads=settings.broker_pool_limit + EXTRA_THREADS
     )

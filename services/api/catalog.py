@@ -66,7 +66,10 @@ class TaskCatalog:
                 problems.append(ArgumentProblem((*here, "name"), f"unknown task {step.name!r}", "unknown_task"))
                 continue
             problems += self._signatures[step.name].check(
-                step.args, step.kwargs, receives_previous=receives_previous and (index > 0 or loc == "callback"), loc=here
+                step.args,
+                step.kwargs,
+                receives_previous=receives_previous and (index > 0 or loc == "callback"),
+                loc=here,
             )
         return problems
 

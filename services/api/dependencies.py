@@ -26,9 +26,7 @@ def get_catalog(request: Request) -> TaskCatalog:
     return request.app.state.catalog
 
 
-def require_api_key(
-    settings: Settings = Depends(get_settings), given: str | None = Depends(_api_key_header)
-) -> None:
+def require_api_key(settings: Settings = Depends(get_settings), given: str | None = Depends(_api_key_header)) -> None:
     """Guards every mutating endpoint once API_KEY is set."""
     if settings.api_key is None:
         return

@@ -22,6 +22,7 @@ from worker.errors import BACKEND_ERRORS, BROKER_ERRORS
 
 T = TypeVar("T")
 
+
 class ServiceUnavailable(Exception):
     """A dependency did not answer in time; the API turns this into 503."""
 

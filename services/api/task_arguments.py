@@ -65,7 +65,11 @@ class TaskSignature:
         try:
             bound = self.signature.bind(*positional, **kwargs)
         except TypeError as exc:
-            return [ArgumentProblem((*loc, "args"), f"arguments do not match {self.task.name}{self.signature}: {exc}", "arguments")]
+            return [
+                ArgumentProblem(
+                    (*loc, "args"), f"arguments do not match {self.task.name}{self.signature}: {exc}", "arguments"
+                )
+            ]
         offset = 1 if receives_previous else 0
         problems = []
         for index, (name, value) in enumerate(bound.arguments.items()):

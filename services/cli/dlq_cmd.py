@@ -36,7 +36,7 @@ def list_letters(
 ) -> None:
     """Dead letters with their reason and exception."""
     with _store() as store:
-        letters = store.list(limit=limit)
+        letters = store.list_letters(limit=limit)
         depth = store.depth()
     if as_json:
         typer.echo(json.dumps([letter.model_dump(exclude={"raw", "traceback"}) for letter in letters]))
@@ -46,8 +46,14 @@ def list_letters(
         table.add_column(column, overflow="fold")
     for letter in letters:
         table.add_row(
-            letter.id, (letter.name or "?").rsplit(".", 1)[-1], letter.queue or "?", letter.reason,
-            str(letter.retries), str(letter.death_count), letter.last_death_at, letter.exception or "",
+            letter.id,
+            (letter.name or "?").rsplit(".", 1)[-1],
+            letter.queue or "?",
+            letter.reason,
+            str(letter.retries),
+            str(letter.death_count),
+            letter.last_death_at,
+            letter.exception or "",
         )
     console.print(table)
 

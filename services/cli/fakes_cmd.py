@@ -32,7 +32,11 @@ def mail_server(state: str = typer.Argument(..., help="down | up")) -> None:
 
 
 @app.command("outbox")
-def outbox(kind: str = typer.Argument("email", help="email | welcome_email | admin_notification | report | heartbeat | batch_checkpoint")) -> None:
+def outbox(
+    kind: str = typer.Argument(
+        "email", help="email | welcome_email | admin_notification | report | heartbeat | batch_checkpoint"
+    ),
+) -> None:
     """What the fake senders recorded, one JSON object per line."""
     for entry in _outbox().read(kind):
         typer.echo(json.dumps(entry))

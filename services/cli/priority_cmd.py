@@ -5,23 +5,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from lab.nodes import make_node
+from lab.nodes import BrokerKind, make_node
+from lab.nodes.factory import DriverChoice
 from lab.priority import BACKLOG, URGENT, measure_priority
 from lab.results import RESULTS_DIR_ENV
 from lab.stack import settings_for
 
 #: What is measured by default: Redis, and RabbitMQ with each queue type.
-CASES = (("redis", None), ("rabbitmq", "classic"), ("rabbitmq", "quorum"))
+CASES: tuple[tuple[BrokerKind, str | None], ...] = (("redis", None), ("rabbitmq", "classic"), ("rabbitmq", "quorum"))
 console = Console(stderr=True)
 
 
 def priority(
-    driver: str = typer.Option(None, help="docker | process (default: BROKERSTACK_TEST_DRIVER, else auto)"),
+    driver: str | None = typer.Option(None, help="docker | process (default: BROKERSTACK_TEST_DRIVER, else auto)"),
     backlog: int = typer.Option(BACKLOG, min=1, help="low-priority tasks queued first"),
     urgent: int = typer.Option(URGENT, min=1, help="urgent tasks queued after them"),
     results_dir: Path = typer.Option(None, help=f"where records go (default: ${RESULTS_DIR_ENV} or results/)"),
@@ -33,11 +35,14 @@ def priority(
 
     if results_dir is not None:
         os.environ[RESULTS_DIR_ENV] = str(results_dir)
+    chosen = cast("DriverChoice | None", driver)  # make_node checks the name and says which it takes
     records = []
-    with make_node("redis", driver, name="priority-results") as results:
+    with make_node("redis", chosen, name="priority-results") as results:
         for kind, queue_type in CASES:
-            console.print(f"[bold]{kind}{' ' + queue_type if queue_type else ''}[/]: {backlog} low, then {urgent} urgent")
-            with make_node(kind, driver) as broker:
+            console.print(
+                f"[bold]{kind}{' ' + queue_type if queue_type else ''}[/]: {backlog} low, then {urgent} urgent"
+            )
+            with make_node(kind, chosen) as broker:
                 overrides = {"rabbitmq_queue_type": queue_type} if queue_type else {}
                 settings = settings_for(broker, results, **overrides)
                 records.append(measure_priority(settings, broker, backlog=backlog, urgent=urgent))
@@ -48,6 +53,13 @@ def priority(
     for column in ("broker", "version", "queue type", "mean rank", "ideal", "FIFO", "last urgent at"):
         table.add_column(column)
     for r in records:
-        table.add_row(r["broker"], r["broker_version"], r["queue_type"], f"{r['mean_rank_high']:.1f}",
-                      f"{r['ideal_mean_rank']:.1f}", f"{r['fifo_mean_rank']:.1f}", str(r["last_high_rank"]))
+        table.add_row(
+            r["broker"],
+            r["broker_version"],
+            r["queue_type"],
+            f"{r['mean_rank_high']:.1f}",
+            f"{r['ideal_mean_rank']:.1f}",
+            f"{r['fifo_mean_rank']:.1f}",
+            str(r["last_high_rank"]),
+        )
     Console().print(table)

@@ -90,7 +90,9 @@ def docker_problem() -> str | None:
     if shutil.which("docker") is None:
         return "no docker CLI"
     try:
-        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=30)
+        info = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=30
+        )
         if info.returncode != 0:
             return f"no Docker engine answers: {info.stderr.strip()[:200]}"
         version = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=30)
@@ -104,9 +106,7 @@ def docker_problem() -> str | None:
 def clean_environ() -> dict[str, str]:
     """This process's environment without anything the compose files interpolate, so that a
     variable exported in the shell cannot change what the tests run."""
-    drop = set(documented_variables()) | interpolated_variables(
-        *(spec.path for spec in STACKS), *COMPOSE_FILES_SHARED
-    )
+    drop = set(documented_variables()) | interpolated_variables(*(spec.path for spec in STACKS), *COMPOSE_FILES_SHARED)
     return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("COMPOSE_")}
 
 
@@ -166,9 +166,8 @@ class ComposeStack:
         except subprocess.TimeoutExpired as exc:
             raise ComposeError(f"docker compose {' '.join(args)}: no answer after {timeout:g} s") from exc
         if check and result.returncode != 0:
-            raise ComposeError(
-                f"docker compose {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}{result.stdout[-2000:]}"
-            )
+            output = f"{result.stderr[-3000:]}{result.stdout[-2000:]}"
+            raise ComposeError(f"docker compose {' '.join(args)} exited {result.returncode}:\n{output}")
         return result
 
     def down(self) -> None:
@@ -212,7 +211,9 @@ class ComposeStack:
         first_created = min(_timestamp(info["Created"]) for info in infos.values())
         healthy_at: dict[str, float] = {}
         for service, info in infos.items():
-            passed = [_timestamp(e["End"]) for e in info["State"].get("Health", {}).get("Log", []) if e["ExitCode"] == 0]
+            passed = [
+                _timestamp(e["End"]) for e in info["State"].get("Health", {}).get("Log", []) if e["ExitCode"] == 0
+            ]
             if passed:
                 healthy_at[service] = round(min(passed) - first_created, 1)
         return healthy_at
@@ -255,7 +256,11 @@ class ComposeStack:
     def write_record(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{self.spec.name}.json"
-        body = {"stack": self.spec.name, "file": self.spec.file, "measured_at": datetime.now().isoformat(timespec="seconds")}
+        body = {
+            "stack": self.spec.name,
+            "file": self.spec.file,
+            "measured_at": datetime.now().isoformat(timespec="seconds"),
+        }
         path.write_text(json.dumps(body | self.record, indent=2) + "\n")
         return path
 

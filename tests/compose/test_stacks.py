@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from lab.results import results_dir
 from tests.compose.stack import (
     APP_SERVICES,
     COMPOSE_FILES_SHARED,
@@ -33,7 +34,6 @@ from tests.compose.stack import (
     documented_variables,
     interpolated_variables,
 )
-from lab.results import results_dir
 from tests.helpers import wait_for
 from worker.settings import DEVELOPMENT_SECRETS
 from worker.topology import WORK_QUEUES
@@ -185,9 +185,7 @@ def test_every_published_port_is_overridable(spec: StackSpec, docker_compose: No
     overrides = {var: str(40000 + index) for index, var in enumerate(spec.port_variables)}
     config, stderr = config_json(spec, clean_environ() | overrides | {"BROKERSTACK_ENV_FILE": str(tmp_path / "none")})
     assert stderr == ""
-    published = {
-        int(port["published"]) for service in config["services"].values() for port in service.get("ports", [])
-    }
+    published = {int(port["published"]) for service in config["services"].values() for port in service.get("ports", [])}
     assert published == {int(port) for port in overrides.values()}
 
 
@@ -240,7 +238,12 @@ def test_production_refuses_the_development_credentials(stack: ComposeStack) -> 
     with one line naming what to set."""
     env = {k: v for k, v in stack.env.items() if k not in CREDENTIAL_VARIABLES} | {"ENVIRONMENT": "production"}
     broker_variable = "REDIS_URL" if stack.spec.name == "redis" else "RABBITMQ_URL"
-    expected = {"api": broker_variable, "worker-default": broker_variable, "beat": broker_variable, "flower": "FLOWER_PASSWORD"}
+    expected = {
+        "api": broker_variable,
+        "worker-default": broker_variable,
+        "beat": broker_variable,
+        "flower": "FLOWER_PASSWORD",
+    }
     for service, variable in expected.items():
         result = stack.compose("run", "--rm", "--no-deps", service, check=False, timeout=120, env=env)
         output = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
@@ -319,7 +322,9 @@ def test_rabbitmq_has_its_definitions_and_no_guest(stack: ComposeStack) -> None:
         assert policies["dead-letters-bounded"]["definition"]["max-length"] > 0
         # The workers declare the dead-letter queue when ready; the policy applies to it.
         dead_letters = wait_for(
-            lambda: (r := management.get("/queues/brokerstack/brokerstack.dead_letters")).status_code == 200 and r.json(),
+            lambda: (
+                (r := management.get("/queues/brokerstack/brokerstack.dead_letters")).status_code == 200 and r.json()
+            ),
             30,
             "the dead-letter queue",
             interval=0.5,
@@ -329,7 +334,9 @@ def test_rabbitmq_has_its_definitions_and_no_guest(stack: ComposeStack) -> None:
     for user, password in (("guest", "guest"), ("brokerstack", "brokerstack-dev")):
         with stack.rabbitmq_management(user, password) as management:
             assert management.get("/whoami").status_code == 401, (user, password)
-    timeout = stack.compose("exec", "-T", "rabbitmq", "rabbitmqctl", "eval", "application:get_env(rabbit, consumer_timeout).")
+    timeout = stack.compose(
+        "exec", "-T", "rabbitmq", "rabbitmqctl", "eval", "application:get_env(rabbit, consumer_timeout)."
+    )
     assert timeout.stdout.strip() == "{ok,1800000}"
     metrics = httpx.get(f"http://127.0.0.1:{stack.port('RABBITMQ_PROMETHEUS_PORT')}/metrics", timeout=15)
     assert metrics.status_code == 200 and "rabbitmq_" in metrics.text
@@ -450,7 +457,11 @@ def test_workers_scale_out(stack: ComposeStack, api: httpx.Client) -> None:
     with stack.flower() as flower:
 
         def default_workers() -> set[str] | None:
-            names = {n for n in flower.get("/api/workers", params={"refresh": "true"}).json() if n.startswith("worker-default@")}
+            names = {
+                n
+                for n in flower.get("/api/workers", params={"refresh": "true"}).json()
+                if n.startswith("worker-default@")
+            }
             return names if len(names) == 2 else None
 
         wait_for(default_workers, 60, "Flower to see two worker-default nodes", interval=1)

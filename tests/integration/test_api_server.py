@@ -21,8 +21,10 @@ def test_many_uvicorn_workers_answer_without_nagle_delays(tmp_path):
     /healthz needs no broker, so the brokers here are free ports nobody listens on."""
     nobody = free_port()
     settings = Settings(
-        broker_profile="redis", redis_url=f"redis://127.0.0.1:{nobody}/0",
-        result_backend_url=f"redis://127.0.0.1:{nobody}/1", publish_timeout=1.0,
+        broker_profile="redis",
+        redis_url=f"redis://127.0.0.1:{nobody}/0",
+        result_backend_url=f"redis://127.0.0.1:{nobody}/1",
+        publish_timeout=1.0,
     )
     server = ApiServer(settings.to_env(), log_dir=tmp_path, workers=2)
     try:

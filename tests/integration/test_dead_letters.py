@@ -64,8 +64,11 @@ def test_undecodable_message_is_dead_lettered_not_acked_away(app, settings, star
     queue = Queue("default", Exchange("default", type="direct"), routing_key="default")
     with app.producer_or_acquire() as producer:
         producer.publish(
-            b"\xff\xfe this is not JSON", exchange=queue.exchange, routing_key="default",
-            content_type="application/json", content_encoding="binary",
+            b"\xff\xfe this is not JSON",
+            exchange=queue.exchange,
+            routing_key="default",
+            content_type="application/json",
+            content_encoding="binary",
             headers={"task": "worker.tasks.basic.add", "id": task_id, "lang": "py", "retries": 0},
         )
     letter = wait_for_letter(dlq, task_id)
@@ -98,7 +101,10 @@ def test_exhausted_retries_land_with_the_exception_and_replay_after_the_fix(app,
     assert letter.exception == "EmailDeliveryError: mail server down"
     assert "EmailDeliveryError" in (letter.traceback or "")
     assert (letter.name, letter.args, letter.queue, letter.retries) == (
-        "worker.tasks.email.send_email", ["u9", email], "high_priority", 3,
+        "worker.tasks.email.send_email",
+        ["u9", email],
+        "high_priority",
+        3,
     )
     assert letter.first_death_at <= letter.last_death_at
 
@@ -156,7 +162,7 @@ def test_replay_keeps_what_the_broker_did_not_take(app, settings, start_worker, 
     assert [o.ok for o in outcomes] == [True, False]
     assert "ConnectionResetError" in outcomes[1].error
     # One replayed (and gone), two still dead-lettered: nothing lost, nothing left half-done.
-    remaining = {letter.id for letter in dlq.list()}
+    remaining = {letter.id for letter in dlq.list_letters()}
     assert len(remaining) == 2 and outcomes[0].id not in remaining
 
 
@@ -166,7 +172,7 @@ def test_purge(app, settings, start_worker, dlq):
     wait_for_letter(dlq, result.id)
     assert dlq.depth() >= 1
     assert dlq.purge() >= 1
-    assert dlq.depth() == 0 and dlq.list() == []
+    assert dlq.depth() == 0 and dlq.list_letters() == []
 
 
 @pytest.mark.parametrize("own_broker", ["rabbitmq"], indirect=True)
@@ -201,12 +207,15 @@ def test_dead_letters_through_the_api_cli_and_metrics(settings, make_api, start_
     assert api.get("/dlq/no-such-letter").status_code == 404
     metrics = api.get("/metrics").text
     assert f'brokerstack_dead_letters{{profile="{settings.broker_profile}"}}' in metrics
-    assert 'brokerstack_queue_depth{profile="%s",queue="default"} 0' % settings.broker_profile in metrics
+    assert f'brokerstack_queue_depth{{profile="{settings.broker_profile}",queue="default"}} 0' in metrics
 
     # The command line sees the same record.
     cli = subprocess.run(
         [sys.executable, "-m", "services.cli", "dlq", "list", "--json"],
-        env={**os.environ, **settings.to_env()}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **settings.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert cli.returncode == 0, cli.stderr
     assert task_id in {r["task_id"] for r in json.loads(cli.stdout)}

@@ -33,10 +33,14 @@ def test_only_broker_profile_changes(driver, results_node, tmp_path):
                 assert accepted.status_code == 202, accepted.text
                 status_url = api.url + accepted.json()["status_url"]
                 done = wait_for(
-                    lambda: (s := httpx.get(status_url).json())["state"] == "SUCCESS" and s, 30, f"add on {profile}"
+                    lambda: (s := httpx.get(status_url).json())["state"] == "SUCCESS" and s,  # noqa: B023 - polled here
+                    30,
+                    f"add on {profile}",
                 )
                 assert done["result"] == 5
                 # The worker really used this profile's broker.
                 broker = redis_broker if profile == "redis" else rabbit_broker
-                connected = re.search(r"Connected to (\S+)", worker.logs()).group(1)
+                found = re.search(r"Connected to (\S+)", worker.logs())
+                assert found, worker.logs()
+                connected = found.group(1)
                 assert f"127.0.0.1:{broker.port}/" in connected, connected

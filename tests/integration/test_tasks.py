@@ -108,7 +108,13 @@ def test_canvas_chain_group_chord(api, worker):
 
     group = api.post(
         "/workflows/group",
-        json={"tasks": [{"name": "add", "args": [1, 2]}, {"name": "add", "args": [3, 4]}, {"name": "multiply", "args": [5, 6]}]},
+        json={
+            "tasks": [
+                {"name": "add", "args": [1, 2]},
+                {"name": "add", "args": [3, 4]},
+                {"name": "multiply", "args": [5, 6]},
+            ]
+        },
     ).json()
     done = wait_for(
         lambda: (s := api.get(group["status_url"]).json())["completed"] == 3 and s, 30, "the group to finish"
@@ -118,7 +124,11 @@ def test_canvas_chain_group_chord(api, worker):
     chord = api.post(
         "/workflows/chord",
         json={
-            "header": [{"name": "add", "args": [1, 2]}, {"name": "add", "args": [3, 4]}, {"name": "add", "args": [5, 6]}],
+            "header": [
+                {"name": "add", "args": [1, 2]},
+                {"name": "add", "args": [3, 4]},
+                {"name": "add", "args": [5, 6]},
+            ],
             "callback": {"name": "sum_results"},
         },
     ).json()

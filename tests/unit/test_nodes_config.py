@@ -53,6 +53,7 @@ def conf_directives(text: str) -> dict[str, str]:
 
 # -- Redis -----------------------------------------------------------------
 
+
 def test_redis_conf_defaults_are_volatile_and_loopback_only(tmp_path: Path) -> None:
     conf = conf_directives(render_redis_conf(RedisOptions(), port=23456, data_dir=tmp_path))
     assert conf == {
@@ -87,8 +88,16 @@ def test_redis_conf_snapshots_and_maxmemory(tmp_path: Path) -> None:
 
 def test_redis_docker_args() -> None:
     assert redis_docker_args(RedisOptions(appendonly=True, appendfsync="always")) == [
-        "--port", "6379", "--protected-mode", "no",
-        "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+        "--port",
+        "6379",
+        "--protected-mode",
+        "no",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
     ]
     args = redis_docker_args(RedisOptions(save_snapshots=True, maxmemory="1gb"))
     save_at = args.index("--save")
@@ -96,15 +105,14 @@ def test_redis_docker_args() -> None:
     assert args[-2:] == ["--maxmemory", "1gb"]
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"appendfsync": "sometimes"}, {"maxmemory": "lots"}, {"maxmemory": "256 mb"}]
-)
+@pytest.mark.parametrize("kwargs", [{"appendfsync": "sometimes"}, {"maxmemory": "lots"}, {"maxmemory": "256 mb"}])
 def test_redis_options_reject_bad_values(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         RedisOptions(**kwargs)
 
 
 # -- RabbitMQ --------------------------------------------------------------
+
 
 def test_rabbitmq_conf_minimal() -> None:
     conf = conf_directives(render_rabbitmq_conf(RabbitOptions()))
@@ -135,9 +143,7 @@ def test_enabled_plugins() -> None:
     assert render_enabled_plugins(True) == "[rabbitmq_management].\n"
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"password": "two\nlines"}, {"user": ""}, {"vhost": ""}, {"password": "has#hash"}]
-)
+@pytest.mark.parametrize("kwargs", [{"password": "two\nlines"}, {"user": ""}, {"vhost": ""}, {"password": "has#hash"}])
 def test_rabbit_options_reject_values_that_break_the_conf(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         RabbitOptions(**kwargs)
@@ -147,8 +153,13 @@ def test_rabbit_process_env_is_built_from_nothing(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("RABBITMQ_NODE_PORT", "5672")
     monkeypatch.setenv("RABBITMQ_CONFIG_FILE", "/etc/rabbitmq/rabbitmq")
     env = rabbit_process_env(
-        node_name="bs1@localhost", node_port=21001, dist_port=21002, epmd_port=21003,
-        node_dir=tmp_path, home=tmp_path / "home", path="/usr/bin:/bin",
+        node_name="bs1@localhost",
+        node_port=21001,
+        dist_port=21002,
+        epmd_port=21003,
+        node_dir=tmp_path,
+        home=tmp_path / "home",
+        path="/usr/bin:/bin",
     )
     assert env["RABBITMQ_NODE_PORT"] == "21001"
     assert env["RABBITMQ_DIST_PORT"] == "21002"
@@ -163,13 +174,12 @@ def test_rabbit_process_env_is_built_from_nothing(monkeypatch: pytest.MonkeyPatc
 
 # -- URLs ------------------------------------------------------------------
 
+
 def test_redis_url() -> None:
     assert redis_url(21000) == "redis://127.0.0.1:21000/0"
 
 
-@pytest.mark.parametrize(
-    ("vhost", "path"), [("/", "%2F"), ("brokerstack", "brokerstack"), ("/bs/x", "%2Fbs%2Fx")]
-)
+@pytest.mark.parametrize(("vhost", "path"), [("/", "%2F"), ("brokerstack", "brokerstack"), ("/bs/x", "%2Fbs%2Fx")])
 def test_amqp_url_quotes_vhost(vhost: str, path: str) -> None:
     url = amqp_url(21000, RabbitOptions(vhost=vhost))
     assert url == f"amqp://brokerstack:brokerstack-test@127.0.0.1:21000/{path}"
@@ -188,6 +198,7 @@ def test_management_url() -> None:
 
 # -- driver choice -----------------------------------------------------------
 
+
 def test_explicit_driver_wins_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DRIVER_ENV, "docker")
     assert resolve_driver("process") == "process"
@@ -200,9 +211,7 @@ def test_driver_from_env(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
 
 
 @pytest.mark.parametrize(("engine", "expected"), [(True, "docker"), (False, "process")])
-def test_auto_driver_follows_docker_availability(
-    monkeypatch: pytest.MonkeyPatch, engine: bool, expected: str
-) -> None:
+def test_auto_driver_follows_docker_availability(monkeypatch: pytest.MonkeyPatch, engine: bool, expected: str) -> None:
     monkeypatch.delenv(DRIVER_ENV, raising=False)
     monkeypatch.setattr(factory, "docker_available", lambda: engine)
     assert resolve_driver() == expected
@@ -254,6 +263,7 @@ def test_node_names_are_checked() -> None:
 
 # -- ports ---------------------------------------------------------------
 
+
 def test_free_ports_are_distinct_bindable_and_not_reserved() -> None:
     ports = [free_port() for _ in range(20)]
     assert len(set(ports)) == len(ports)
@@ -263,24 +273,24 @@ def test_free_ports_are_distinct_bindable_and_not_reserved() -> None:
 
 # -- polling ---------------------------------------------------------------
 
+
 def test_poll_times_out_with_last_error_and_extra_text() -> None:
     def never() -> None:
         raise ConnectionRefusedError("nope")
 
     started = time.monotonic()
-    with pytest.raises(NodeTimeout, match="(?s)nope.*LOG TAIL"):
+    with pytest.raises(NodeTimeout, match=r"(?s)nope.*LOG TAIL"):
         poll(never, 0.2, 0.01, "test thing", on_timeout=lambda: "LOG TAIL")
     assert time.monotonic() - started < 2
 
 
 # -- process trees and stale cleanup -----------------------------------------
 
+
 def test_kill_tree_reaches_children_in_their_own_session() -> None:
     # Like erl_child_setup, the grandchild calls setsid(): only the
     # parent-pid walk finds it, not the process group.
-    proc = subprocess.Popen(
-        ["sh", "-c", "setsid sleep 300 & sleep 300; true"], start_new_session=True
-    )
+    proc = subprocess.Popen(["sh", "-c", "setsid sleep 300 & sleep 300; true"], start_new_session=True)
 
     def whole_tree() -> list[int] | None:
         tree = proctree.process_tree(proc.pid)

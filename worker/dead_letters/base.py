@@ -36,6 +36,14 @@ class DeadLetterStore(ABC):
 
     native_rejects: bool = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # TRANSITIONAL, remove once every store is renamed: a store that still implements the old
+        # ``list`` (worker/dead_letters/redis.py) gets it as ``list_letters``, so it stays concrete.
+        super().__init_subclass__(**kwargs)
+        legacy = cls.__dict__.get("list")
+        if callable(legacy) and "list_letters" not in cls.__dict__:
+            cls.list_letters = legacy  # type: ignore[method-assign]
+
     def __init__(self, app: Celery) -> None:
         self.app = app
         self.settings = app.brokerstack_settings
@@ -53,11 +61,14 @@ class DeadLetterStore(ABC):
     # --- the operator side --------------------------------------------------------------------
 
     @abstractmethod
-    def list(self, limit: int = 100) -> list[DeadLetter]:
-        """The oldest ``limit`` dead letters."""
+    def list_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters (0: all of them). ``brokerstack dlq list`` and
+        ``GET /dlq`` show these. (Named ``list_letters``, not ``list``: a method called ``list``
+        shadows the built-in inside the class body, and ``list[...]`` annotations below it would
+        name the method.)"""
 
     def get(self, letter_id: str) -> DeadLetter | None:
-        return next((letter for letter in self.list(limit=0) if letter.id == letter_id), None)
+        return next((letter for letter in self.list_letters(limit=0) if letter.id == letter_id), None)
 
     @abstractmethod
     def replay(self, ids: list[str] | None = None) -> list[ReplayOutcome]:
@@ -72,7 +83,7 @@ class DeadLetterStore(ABC):
     def depth(self) -> int:
         """How many dead letters there are."""
 
-    def ensure_declared(self) -> None:
+    def ensure_declared(self) -> None:  # noqa: B027 - optional hook: most brokers need nothing declared
         """Create what must exist before the first message dies (nothing on most brokers)."""
 
 
@@ -87,5 +98,7 @@ def default_queue_for(task_name: str | None) -> str:
 def digest_id(body: bytes, headers: dict[str, Any]) -> str:
     """An id for a message that has no task id (poison), stable across listings: the broker's
     own ``x-`` headers (x-death and friends) are left out, since they change as it dies again."""
-    own = sorted((k, repr(v)) for k, v in headers.items() if not k.startswith("x-") and not k.startswith("brokerstack_"))
+    own = sorted(
+        (k, repr(v)) for k, v in headers.items() if not k.startswith("x-") and not k.startswith("brokerstack_")
+    )
     return "msg-" + hashlib.sha1(body + repr(own).encode()).hexdigest()[:16]

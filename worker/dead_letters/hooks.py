@@ -38,7 +38,7 @@ def _safely(what: str, action: Any, *args: Any) -> None:
     """A failing store must not take the worker down with it: log loudly and go on."""
     try:
         action(*args)
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.exception("dead letters: could not %s", what)
 
 
@@ -62,19 +62,33 @@ def _describe(exc: BaseException | None) -> str | None:
 
 @task_failure.connect
 def _on_task_failure(
-    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
-    args: Any = None, kwargs: Any = None, einfo: Any = None, **_: Any,
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    einfo: Any = None,
+    **_: Any,
 ) -> None:
     store = _store(sender.app)
     request = sender.request
     if store is None or getattr(request, "is_eager", False):
         return
     at = now_iso()
+    letter_id: str = task_id or request.id
     letter = DeadLetter(
-        id=task_id, task_id=task_id, name=sender.name, args=list(args or []), kwargs=dict(kwargs or {}),
-        queue=_queue_of(request, sender.name), reason="rejected" if isinstance(exception, Reject) else "failed",
-        exception=_describe(exception), traceback=str(einfo) if einfo is not None else None,
-        retries=int(getattr(request, "retries", 0) or 0), first_death_at=at, last_death_at=at,
+        id=letter_id,
+        task_id=letter_id,
+        name=sender.name,
+        args=list(args or []),
+        kwargs=dict(kwargs or {}),
+        queue=_queue_of(request, sender.name),
+        reason="rejected" if isinstance(exception, Reject) else "failed",
+        exception=_describe(exception),
+        traceback=str(einfo) if einfo is not None else None,
+        retries=int(getattr(request, "retries", 0) or 0),
+        first_death_at=at,
+        last_death_at=at,
         **_replay_link(request),
     )
     # A hard time limit is acked (requeueing would kill the next worker too): the broker never
@@ -92,9 +106,17 @@ def _on_task_revoked(sender: Any = None, request: Any = None, expired: bool = Fa
         return  # a revoke by an operator is a decision, not a death
     at = now_iso()
     letter = DeadLetter(
-        id=request.id, task_id=request.id, name=sender.name, args=list(request.args or []),
-        kwargs=dict(request.kwargs or {}), queue=_queue_of(request, sender.name), reason="expired",
-        retries=int(request.retries or 0), first_death_at=at, last_death_at=at, **_replay_link(request),
+        id=request.id,
+        task_id=request.id,
+        name=sender.name,
+        args=list(request.args or []),
+        kwargs=dict(request.kwargs or {}),
+        queue=_queue_of(request, sender.name),
+        reason="expired",
+        retries=int(request.retries or 0),
+        first_death_at=at,
+        last_death_at=at,
+        **_replay_link(request),
     )
     _safely(f"capture expired {request.id}", store.capture, letter)
 
@@ -112,10 +134,16 @@ def record_poison(consumer: Any, message: Any, exc: BaseException | None, detail
     at = now_iso()
     task_name = headers.get("task")
     letter = DeadLetter(
-        id=headers.get("id") or digest_id(raw.body, headers), task_id=headers.get("id"), name=task_name,
+        id=headers.get("id") or digest_id(raw.body, headers),
+        task_id=headers.get("id"),
+        name=task_name,
         queue=(message.delivery_info or {}).get("routing_key") or default_queue_for(task_name),
-        reason="poison", exception=_describe(exc) or detail, retries=int(headers.get("retries") or 0),
-        first_death_at=at, last_death_at=at, raw=raw,
+        reason="poison",
+        exception=_describe(exc) or detail,
+        retries=int(headers.get("retries") or 0),
+        first_death_at=at,
+        last_death_at=at,
+        raw=raw,
     )
     action = store.annotate if store.native_rejects else store.capture
     _safely(f"record poison message {letter.id}", action, letter)

@@ -29,7 +29,7 @@ from worker.dead_letters.base import (
     digest_id,
     new_task_id,
 )
-from worker.dead_letters.record import DeadLetter, RawMessage, iso_from_timestamp
+from worker.dead_letters.record import DeadLetter, RawMessage, Reason, iso_from_timestamp
 from worker.topology import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, dead_letter_routing_key
 
 NOTE_KEY = "brokerstack:dlq:notes:{letter_id}"
@@ -38,11 +38,25 @@ NOTE_TTL_SECONDS = 30 * 24 * 3600
 #: Header on messages the worker dead-letters itself (what the broker never saw die).
 DEATH_HEADER = "brokerstack_death"
 #: RabbitMQ's x-death reasons in the store's vocabulary.
-NATIVE_REASONS = {"rejected": "rejected", "expired": "expired", "maxlen": "maxlen", "delivery_limit": "delivery-limit"}
+NATIVE_REASONS: dict[str, Reason] = {
+    "rejected": "rejected",
+    "expired": "expired",
+    "maxlen": "maxlen",
+    "delivery_limit": "delivery-limit",
+}
 #: Headers that describe a death or a schedule, dropped when a dead letter is replayed.
-_DROPPED_ON_REPLAY = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
-                      "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "eta", "expires",
-                      DEATH_HEADER)
+_DROPPED_ON_REPLAY = (
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    "eta",
+    "expires",
+    DEATH_HEADER,
+)
 
 
 class RabbitMQDeadLetterStore(DeadLetterStore):
@@ -65,7 +79,12 @@ class RabbitMQDeadLetterStore(DeadLetterStore):
         """Publish a dead letter into the DLQ ourselves, for deaths RabbitMQ never saw (a task
         killed by its hard time limit is acked, a task found expired by the worker is acked)."""
         if letter.raw is not None:
-            body, content_type, encoding, headers = letter.raw.body, letter.raw.content_type, letter.raw.content_encoding, dict(letter.raw.headers)
+            body, content_type, encoding, headers = (
+                letter.raw.body,
+                letter.raw.content_type,
+                letter.raw.content_encoding,
+                dict(letter.raw.headers),
+            )
         else:
             message = self.app.amqp.as_task_v2(
                 letter.task_id, letter.name, args=letter.args or [], kwargs=letter.kwargs or {}, retries=letter.retries
@@ -77,15 +96,20 @@ class RabbitMQDeadLetterStore(DeadLetterStore):
         )
         with self._channel() as channel:
             channel.basic_publish(
-                amqp.Message(body, content_type=content_type, content_encoding=encoding,
-                             application_headers=headers, delivery_mode=2),
+                amqp.Message(
+                    body,
+                    content_type=content_type,
+                    content_encoding=encoding,
+                    application_headers=headers,
+                    delivery_mode=2,
+                ),
                 exchange=DEAD_LETTER_EXCHANGE,
                 routing_key=dead_letter_routing_key(letter.queue or default_queue_for(letter.name)),
             )
 
     # --- the operator side --------------------------------------------------------------------
 
-    def list(self, limit: int = 100) -> list[DeadLetter]:
+    def list_letters(self, limit: int = 100) -> list[DeadLetter]:
         with self._channel() as channel:
             return [self._to_letter(message) for message in self._peek(channel, limit)]
 
@@ -164,6 +188,7 @@ class RabbitMQDeadLetterStore(DeadLetterStore):
         task_id = headers.get("id")
         deaths = list(headers.get("x-death") or [])
         own = json.loads(headers[DEATH_HEADER]) if DEATH_HEADER in headers else {}
+        reason: Reason
         if deaths:
             latest = deaths[0]
             reason = NATIVE_REASONS.get(str(latest.get("reason")), "rejected")
@@ -211,7 +236,9 @@ class RabbitMQDeadLetterStore(DeadLetterStore):
     def _republish(self, channel: Any, message: Any, letter: DeadLetter) -> str:
         props = dict(message.properties)
         props.pop("expiration", None)  # a replay is deliberate: it must not die of old age again
-        headers = {k: v for k, v in (props.pop("application_headers", None) or {}).items() if k not in _DROPPED_ON_REPLAY}
+        headers = {
+            k: v for k, v in (props.pop("application_headers", None) or {}).items() if k not in _DROPPED_ON_REPLAY
+        }
         task_id = new_task_id()
         if "id" in headers:
             if headers.get("root_id") in (None, headers["id"]):
@@ -223,8 +250,9 @@ class RabbitMQDeadLetterStore(DeadLetterStore):
         headers[REPLAYS_HEADER] = letter.replays + 1
         props["delivery_mode"] = 2
         # The default exchange routes by queue name: the original queue, whatever its bindings.
-        channel.basic_publish(amqp.Message(message.body, application_headers=headers, **props),
-                              exchange="", routing_key=letter.queue)
+        channel.basic_publish(
+            amqp.Message(message.body, application_headers=headers, **props), exchange="", routing_key=letter.queue
+        )
         return task_id
 
 
@@ -248,6 +276,11 @@ def _task_arguments(body: bytes, content_type: str | None) -> tuple[list[Any] | 
         decoded = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None, None
-    if isinstance(decoded, list) and len(decoded) >= 2 and isinstance(decoded[0], list) and isinstance(decoded[1], dict):
+    if (
+        isinstance(decoded, list)
+        and len(decoded) >= 2
+        and isinstance(decoded[0], list)
+        and isinstance(decoded[1], dict)
+    ):
         return decoded[0], decoded[1]
     return None, None

@@ -38,7 +38,14 @@ class RawMessage(BaseModel):
     properties: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
-    def of(cls, body: bytes | str, content_type: str | None, content_encoding: str | None, headers: dict | None, properties: dict | None) -> RawMessage:
+    def of(
+        cls,
+        body: bytes | str,
+        content_type: str | None,
+        content_encoding: str | None,
+        headers: dict | None,
+        properties: dict | None,
+    ) -> RawMessage:
         raw = body.encode() if isinstance(body, str) else bytes(body or b"")
         return cls(
             body_b64=base64.b64encode(raw).decode(),
@@ -75,7 +82,9 @@ class DeadLetter(BaseModel):
 
     def summary(self) -> dict[str, Any]:
         """The fields a listing shows."""
-        return self.model_dump(include={"id", "task_id", "name", "queue", "reason", "exception", "retries", "last_death_at", "death_count"})
+        return self.model_dump(
+            include={"id", "task_id", "name", "queue", "reason", "exception", "retries", "last_death_at", "death_count"}
+        )
 
 
 def _jsonable(value: Any) -> Any:

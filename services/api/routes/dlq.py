@@ -54,7 +54,7 @@ async def list_dead_letters(
     store: DeadLetterStore = Depends(get_store),
     producer: Producer = Depends(get_producer),
 ) -> list[dict[str, Any]]:
-    letters = await producer.publish(lambda: store.list(limit=limit))
+    letters = await producer.publish(lambda: store.list_letters(limit=limit))
     return [_listed(letter) for letter in letters]
 
 

@@ -21,7 +21,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "broker or result backend unreachable"}})
-async def readyz(producer: Producer = Depends(get_producer), settings: Settings = Depends(get_settings)) -> JSONResponse:
+async def readyz(
+    producer: Producer = Depends(get_producer), settings: Settings = Depends(get_settings)
+) -> JSONResponse:
     broker, backend = await asyncio.gather(
         _probe(producer.publish(producer.check_broker)), _probe(producer.read(producer.check_result_backend))
     )

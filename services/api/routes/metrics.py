@@ -27,7 +27,7 @@ def _gauge(name: str, help_text: str, samples: list[tuple[dict[str, str], float]
 async def metrics(
     request: Request, producer: Producer = Depends(get_producer), settings: Settings = Depends(get_settings)
 ) -> PlainTextResponse:
-    profile = {"profile": settings.broker_profile}
+    profile: dict[str, str] = {"profile": settings.broker_profile}
     store = request.app.state.dead_letters
     up = 1
     try:
@@ -43,8 +43,11 @@ async def metrics(
             "Messages ready in a work queue.",
             [({**profile, "queue": queue}, depth) for queue, depth in depths.items()],
         ),
-        _gauge("brokerstack_dead_letters", "Messages in the dead-letter queue or store.",
-               [(profile, dead)] if dead is not None else []),
+        _gauge(
+            "brokerstack_dead_letters",
+            "Messages in the dead-letter queue or store.",
+            [(profile, dead)] if dead is not None else [],
+        ),
         _gauge(
             "brokerstack_broker_calls_total",
             "Calls to the broker from this API process (publishes, revokes, inspections), by outcome.",

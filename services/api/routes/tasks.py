@@ -22,7 +22,9 @@ from services.api.schemas import (
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 TaskId = Annotated[str, Path(pattern=TASK_ID_PATTERN)]
-UNAVAILABLE = {503: {"model": ErrorBody, "description": "broker or result backend unreachable"}}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "broker or result backend unreachable"}
+}
 
 
 @router.get("", summary="The tasks that can be enqueued, with their parameters")

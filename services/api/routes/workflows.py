@@ -23,14 +23,14 @@ from services.api.schemas import (
     WorkflowOptions,
 )
 
-router = APIRouter(
-    prefix="/workflows", tags=["workflows"], responses=UNAVAILABLE
-)
+router = APIRouter(prefix="/workflows", tags=["workflows"], responses=UNAVAILABLE)
 GUARDED = [Depends(require_api_key)]
 
 
 def _options(request: WorkflowOptions) -> dict[str, Any]:
-    return {key: value for key, value in (("queue", request.queue), ("priority", request.priority)) if value is not None}
+    return {
+        key: value for key, value in (("queue", request.queue), ("priority", request.priority)) if value is not None
+    }
 
 
 def _task_ids(result: Any) -> list[str]:

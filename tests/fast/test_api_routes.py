@@ -1,0 +1,316 @@
+"""The producer API's routes and their JSON contracts, on Celery's in-memory transport.
+
+What reaches the broker is read back off the in-memory queues: the task, its arguments, the queue
+it was routed to, its priority and schedule. Results are written straight into the in-memory
+result backend. Both profiles (the settings differ; the transport does not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kombu.exceptions
+import pytest
+from celery import Celery
+from fastapi.testclient import TestClient
+
+from tests.fast.conftest import API_KEY, MemoryDeadLetterStore, dead_letter, fast_settings, queued
+from worker.tasks import EXPOSED_TASKS
+from worker.topology import DEFAULT_QUEUE, TASK_ROUTES, WORK_QUEUES
+
+MakeApi = Callable[..., tuple[TestClient, Celery]]
+
+
+def test_healthz(memory_api: tuple[TestClient, Celery]) -> None:
+    api, _ = memory_api
+    assert api.get("/healthz").json() == {"status": "ok"}
+
+
+def test_task_list_names_every_exposed_task_with_its_queue(memory_api: tuple[TestClient, Celery]) -> None:
+    api, _ = memory_api
+    tasks = {task["name"]: task for task in api.get("/tasks").json()["tasks"]}
+    assert set(tasks) == set(EXPOSED_TASKS)
+    for short, name in EXPOSED_TASKS.items():
+        assert tasks[short]["task"] == name
+        assert tasks[short]["queue"] == TASK_ROUTES.get(name, {}).get("queue", DEFAULT_QUEUE)
+        assert {"name", "task", "queue", "parameters", "doc"} <= set(tasks[short])
+
+
+def test_enqueue_publishes_one_message_on_the_routed_queue(memory_api: tuple[TestClient, Celery]) -> None:
+    api, celery_app = memory_api
+    response = api.post("/tasks/add", json={"args": [2, 3]})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert set(body) == {"task_id", "status_url"}
+    assert body["status_url"] == f"/tasks/{body['task_id']}" == response.headers["location"]
+    [message] = queued(celery_app, "default")
+    assert message.headers["task"] == "worker.tasks.basic.add"
+    assert message.headers["id"] == body["task_id"]
+    args, kwargs, _ = message.decode()
+    assert (args, kwargs) == ([2, 3], {})
+    assert message.content_type == "application/json"  # JSON only, never pickle
+    assert [queued(celery_app, q) for q in WORK_QUEUES if q != "default"] == [[], []]
+
+
+def test_publish_options_reach_the_message(memory_api: tuple[TestClient, Celery]) -> None:
+    api, celery_app = memory_api
+    response = api.post(
+        "/tasks/multiply",
+        json={"args": [2, 3], "queue": "low_priority", "priority": 7, "countdown": 60, "expires": 600},
+    )
+    assert response.status_code == 202, response.text
+    [message] = queued(celery_app, "low_priority")
+    assert message.properties["priority"] == 7
+    eta = datetime.fromisoformat(message.headers["eta"])
+    assert timedelta(seconds=50) < eta - datetime.now(UTC) <= timedelta(seconds=60)
+    assert message.headers["expires"] is not None
+
+
+def test_tasks_route_by_name(memory_api: tuple[TestClient, Celery]) -> None:
+    api, celery_app = memory_api
+    assert api.post("/tasks/send_email", json={"args": ["u1", "a@example.com"]}).status_code == 202
+    assert api.post("/tasks/long_batch_job", json={"args": [3]}).status_code == 202
+    assert [m.headers["task"] for m in queued(celery_app, "high_priority")] == ["worker.tasks.email.send_email"]
+    assert [m.headers["task"] for m in queued(celery_app, "low_priority")] == ["worker.tasks.batch.long_batch_job"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "error"),
+    [
+        ("/tasks/nope", {}, 404, "not_found"),
+        ("/tasks/add", {"args": [1]}, 422, "validation_error"),
+        ("/tasks/add", {"args": [1, 2], "priority": 10}, 422, "validation_error"),
+        ("/tasks/add", {"args": [1, 2], "queue": "nowhere"}, 422, "validation_error"),
+        ("/tasks/add", {"args": [1, 2], "countdown": 1, "eta": "2030-01-01T00:00:00"}, 422, "validation_error"),
+        ("/tasks/add", {"args": [1, 2], "surprise": True}, 422, "validation_error"),
+        ("/tasks/add", {"args": [1, 2], "countdown": 10**9}, 422, "validation_error"),
+    ],
+)
+def test_bad_calls_are_refused_before_anything_is_published(
+    memory_api: tuple[TestClient, Celery], path: str, body: dict[str, Any], status: int, error: str
+) -> None:
+    api, celery_app = memory_api
+    response = api.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error
+    assert all(queued(celery_app, q) == [] for q in WORK_QUEUES)
+
+
+def test_validation_errors_name_the_field(memory_api: tuple[TestClient, Celery]) -> None:
+    api, _ = memory_api
+    detail = api.post("/tasks/add", json={"args": [1, 2], "priority": 10}).json()["detail"]
+    assert [item["loc"] for item in detail] == [["body", "priority"]]
+
+
+def test_task_status_reads_the_result_backend(memory_api: tuple[TestClient, Celery]) -> None:
+    api, celery_app = memory_api
+    assert api.get("/tasks/never-sent").json() == {
+        "task_id": "never-sent",
+        "state": "PENDING",
+        "result": None,
+        "error": None,
+    }
+    celery_app.backend.store_result("done-1", 5, "SUCCESS")
+    assert api.get("/tasks/done-1").json() == {"task_id": "done-1", "state": "SUCCESS", "result": 5, "error": None}
+    celery_app.backend.mark_as_failure("failed-1", ValueError("boom"))
+    failed = api.get("/tasks/failed-1").json()
+    assert (failed["state"], failed["error"]) == ("FAILURE", {"type": "ValueError", "message": "boom"})
+    assert api.get("/tasks/bad id").status_code == 422
+
+
+def test_revoke(memory_api: tuple[TestClient, Celery]) -> None:
+    api, _ = memory_api
+    response = api.delete("/tasks/some-task", params={"terminate": "true"})
+    assert response.status_code == 202
+    assert response.json() == {"task_id": "some-task", "revoked": True, "terminate": True}
+
+
+def test_chain_group_chord(memory_api: tuple[TestClient, Celery]) -> None:
+    api, celery_app = memory_api
+    chain = api.post(
+        "/workflows/chain", json={"tasks": [{"name": "add", "args": [1, 2]}, {"name": "multiply", "args": [3]}]}
+    )
+    assert chain.status_code == 202, chain.text
+    assert len(chain.json()["task_ids"]) == 2 and chain.json()["task_id"] == chain.json()["task_ids"][-1]
+    [first] = queued(celery_app, "default")
+    assert first.headers["id"] == chain.json()["task_ids"][0]  # only the first step is queued
+
+    group = api.post("/workflows/group", json={"tasks": [{"name": "add", "args": [1, 2]}] * 3}).json()
+    assert len(group["task_ids"]) == 3 and len(queued(celery_app, "default")) == 3
+    status = api.get(group["status_url"]).json()
+    assert (status["group_id"], status["completed"], status["total"]) == (group["group_id"], 0, 3)
+    assert api.get("/workflows/no-such-group").status_code == 404
+
+    chord = api.post(
+        "/workflows/chord",
+        json={
+            "header": [{"name": "add", "args": [1, 2]}, {"name": "add", "args": [3, 4]}],
+            "callback": {"name": "sum_results"},
+        },
+    )
+    assert chord.status_code == 202, chord.text
+    assert len(queued(celery_app, "default")) == 2  # the header; the callback waits for it
+
+    unknown = api.post("/workflows/chain", json={"tasks": [{"name": "add", "args": [1, 2]}, {"name": "nope"}]})
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"][0]["loc"] == ["body", "tasks", 1, "name"]
+
+
+def test_signup_hands_off_two_tasks_and_refuses_a_second_signup(memory_api: tuple[TestClient, Celery]) -> None:
+    api, celery_app = memory_api
+    body = {"email": "Someone@Example.com", "name": "Someone"}
+    response = api.post("/users/signup", json=body)
+    assert response.status_code == 201, response.text
+    assert set(response.json()["tasks"]) == {"send_welcome_email", "notify_admin_new_signup"}
+    assert response.json()["email"] == "someone@example.com"
+    assert len(queued(celery_app, "high_priority")) == 2
+    assert api.post("/users/signup", json=body).status_code == 409
+
+
+def test_api_key_guards_mutations_only(make_memory_api: MakeApi) -> None:
+    api, _ = make_memory_api(fast_settings(api_key=API_KEY))
+    assert api.get("/tasks").status_code == 200
+    refused = api.post("/tasks/add", json={"args": [1, 2]})
+    assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+    assert api.post("/tasks/add", json={"args": [1, 2]}, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert api.post("/tasks/add", json={"args": [1, 2]}, headers={"X-API-Key": API_KEY}).status_code == 202
+
+
+def test_oversized_bodies_are_refused(memory_api: tuple[TestClient, Celery]) -> None:
+    api, _ = memory_api
+    response = api.post(
+        "/tasks/add", content=b"[" + b"1," * (1 << 20) + b"1]", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == "payload_too_large"
+
+
+def test_broker_errors_become_503_with_retry_after(
+    memory_api: tuple[TestClient, Celery], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, celery_app = memory_api
+
+    def broker_gone(*args: Any, **kwargs: Any) -> Any:
+        raise kombu.exceptions.OperationalError("connection refused")
+
+    monkeypatch.setattr(celery_app.tasks["worker.tasks.basic.add"], "apply_async", broker_gone)
+    response = api.post("/tasks/add", json={"args": [1, 2]})
+    assert response.status_code == 503
+    assert response.json()["error"] == "broker_unavailable"
+    assert response.headers["retry-after"] == "2"
+    assert 'outcome="unavailable"} 1' in api.get("/metrics").text
+
+
+def test_readyz_reports_broker_and_result_backend(
+    memory_api: tuple[TestClient, Celery], monkeypatch: pytest.MonkeyPatch, profile: str
+) -> None:
+    api, _ = memory_api
+    producer = api.app.state.producer  # type: ignore[attr-defined]
+    monkeypatch.setattr(producer, "check_result_backend", lambda: None)  # the in-memory backend has no ping
+    ready = api.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "profile": profile,
+        "queue_type": "classic" if profile == "rabbitmq" else None,
+        "broker": {"ok": True},
+        "result_backend": {"ok": True},
+    }
+
+    def backend_gone() -> None:
+        raise ConnectionError("refused")
+
+    monkeypatch.setattr(producer, "check_result_backend", backend_gone)
+    down = api.get("/readyz")
+    assert down.status_code == 503
+    assert down.json()["status"] == "unavailable" and down.json()["result_backend"]["ok"] is False
+
+
+def test_metrics(memory_api: tuple[TestClient, Celery], profile: str) -> None:
+    api, _ = memory_api
+    api.post("/tasks/add", json={"args": [1, 2]})
+    text = api.get("/metrics").text
+    assert f'brokerstack_broker_up{{profile="{profile}"}} 1' in text
+    assert f'brokerstack_queue_depth{{profile="{profile}",queue="default"}} 1' in text
+    assert f'brokerstack_dead_letters{{profile="{profile}"}} 0' in text
+    assert "# TYPE brokerstack_broker_calls_total counter" in text
+
+
+# --- /dlq ---------------------------------------------------------------------------------------
+
+
+def test_dlq_list_and_show(make_memory_api: MakeApi) -> None:
+    settings = fast_settings()
+    api, celery_app = make_memory_api(settings)
+    store = MemoryDeadLetterStore(celery_app, [dead_letter("t1"), dead_letter("t2", reason="expired")])
+    api.app.state.dead_letters = store  # type: ignore[attr-defined]
+    listed = api.get("/dlq").json()
+    assert [letter["id"] for letter in listed] == ["t1", "t2"]
+    assert {
+        "id",
+        "task_id",
+        "name",
+        "queue",
+        "reason",
+        "exception",
+        "retries",
+        "death_count",
+        "last_death_at",
+        "first_death_at",
+        "args",
+        "kwargs",
+        "replay_of",
+        "replays",
+    } <= set(listed[0])
+    assert "traceback" not in listed[0] and "raw" not in listed[0]
+    assert len(api.get("/dlq", params={"limit": 1}).json()) == 1
+    shown = api.get("/dlq/t2").json()
+    assert shown["reason"] == "expired" and shown["traceback"].startswith("Traceback")
+    assert api.get("/dlq/t3").status_code == 404
+
+
+def test_dlq_replay_and_purge_need_a_configured_and_sent_key(make_memory_api: MakeApi) -> None:
+    open_api, celery_app = make_memory_api(fast_settings())
+    assert open_api.post("/dlq/replay", json={"all": True}).status_code == 403
+    assert open_api.delete("/dlq").status_code == 403
+
+    api, celery_app = make_memory_api(fast_settings(api_key=API_KEY))
+    store = MemoryDeadLetterStore(celery_app, [dead_letter("t1"), dead_letter("t2"), dead_letter("t3")])
+    api.app.state.dead_letters = store  # type: ignore[attr-defined]
+    key = {"X-API-Key": API_KEY}
+    assert api.post("/dlq/replay", json={"all": True}).status_code == 401
+    assert api.post("/dlq/replay", json={"ids": ["t1"], "all": True}, headers=key).status_code == 422
+    replayed = api.post("/dlq/replay", json={"ids": ["t1", "nope"]}, headers=key).json()
+    assert (replayed["replayed"], replayed["failed"]) == (1, 1)
+    assert replayed["outcomes"][0] == {
+        "id": "t1",
+        "ok": True,
+        "task_id": "new-t1",
+        "queue": "high_priority",
+        "error": None,
+    }
+    assert api.delete("/dlq", headers=key).json() == {"purged": 2}
+    assert api.get("/dlq").json() == []
+
+
+def test_openapi_lists_every_documented_endpoint(memory_api: tuple[TestClient, Celery]) -> None:
+    api, _ = memory_api
+    paths = set(api.get("/openapi.json").json()["paths"])
+    assert {
+        "/tasks",
+        "/tasks/{name}",
+        "/tasks/{task_id}",
+        "/workflows/chain",
+        "/workflows/group",
+        "/workflows/chord",
+        "/workflows/{group_id}",
+        "/users/signup",
+        "/dlq",
+        "/dlq/{letter_id}",
+        "/dlq/replay",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    } <= paths
