@@ -32,8 +32,9 @@ def create_celery(settings: Settings, *, main: str = "worker", producer_only: bo
     results but never block on them (the API): see worker.backends.ProducerRedisBackend."""
     celery = Celery(main, include=list(TASK_MODULES), set_as_current=False)
     celery.conf.update(build_celery_config(settings))
-    if producer_only:
-        celery.backend_cls = "worker.backends:ProducerRedisBackend"
+    # brokerstack's Redis backends: a clear line for a TLS failure, Sentinel by URL; the producer's
+    # never subscribes to results it does not wait on.
+    celery.backend_cls = "worker.backends:" + ("ProducerRedisBackend" if producer_only else "BrokerstackRedisBackend")
     # Tasks and hooks that need more than Celery's own settings (the outbox, the DLQ store) read
     # them from here, never from the environment.
     celery.brokerstack_settings = settings

@@ -7,7 +7,7 @@ from typing import Any
 from celery.schedules import crontab
 
 from worker.brokers import profile_for
-from worker.settings import Settings
+from worker.settings import SENTINEL_SCHEME, Settings, redis_scheme
 from worker.topology import DEFAULT_QUEUE, TASK_ROUTES, work_queues
 
 #: Modules that define tasks; the worker imports them at start.
@@ -48,6 +48,7 @@ def build_celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_always_retry": True,
         "result_backend_max_retries": 10,
         "result_backend_max_sleep_between_retries_ms": 1000,
+        **result_backend_redis_options(settings),
         # --- serialisation: JSON only, a pickle payload is refused, never executed -------------
         "task_serializer": "json",
         "result_serializer": "json",
@@ -83,6 +84,24 @@ def build_celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": beat_schedule(settings),
         **profile.celery_options(),
     }
+
+
+def result_backend_redis_options(settings: Settings) -> dict[str, Any]:
+    """TLS, Sentinel and the key prefix for the result backend, from the same settings as the broker."""
+    options: dict[str, Any] = {}
+    transport: dict[str, Any] = {}
+    scheme = redis_scheme(settings.result_backend)
+    if scheme == "rediss":
+        # Celery refuses a rediss:// backend without ssl_cert_reqs; this also carries the CA.
+        options["redis_backend_use_ssl"] = settings.redis_ssl_options()
+    elif scheme == SENTINEL_SCHEME:
+        transport["master_name"] = settings.redis_sentinel_master
+        transport["sentinel_kwargs"] = settings.redis_sentinel_kwargs(5.0)
+    if settings.redis_global_keyprefix:
+        transport["global_keyprefix"] = settings.redis_global_keyprefix
+    if transport:
+        options["result_backend_transport_options"] = transport
+    return options
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

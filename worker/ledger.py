@@ -16,6 +16,9 @@ from typing import Any
 import redis
 from celery.signals import task_postrun, task_prerun
 
+from worker.backends import redis_client
+from worker.settings import Settings
+
 KEY_TEMPLATE = "brokerstack:ledger:{run}:events"
 #: Ledger writes are the measurement itself: retry a blip rather than lose an entry.
 WRITE_ATTEMPTS = 5
@@ -26,8 +29,10 @@ def events_key(run: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+def _client(url: str, settings: Settings) -> redis.Redis:
+    # A rediss:// ledger uses the REDIS_SSL_* settings; the ledger is lab instrumentation in a
+    # Redis of its own, so no key prefix.
+    return redis_client(url, settings, socket_timeout=5)
 
 
 def _record(task: Any, event: str, **fields: Any) -> None:
@@ -50,7 +55,7 @@ def _record(task: Any, event: str, **fields: Any) -> None:
     )
     for attempt in range(WRITE_ATTEMPTS):
         try:
-            _client(settings.ledger_url).rpush(events_key(settings.ledger_run), entry)
+            _client(settings.ledger_url, settings).rpush(events_key(settings.ledger_run), entry)
             return
         except redis.RedisError:
             if attempt == WRITE_ATTEMPTS - 1:

@@ -9,9 +9,15 @@ from __future__ import annotations
 import json
 import time
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
+
+from worker.backends import redis_client
+from worker.settings import load_settings
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 KEY_PREFIX = "brokerstack:outbox:"
 SWITCH_PREFIX = "brokerstack:switch:"
@@ -20,19 +26,26 @@ MAX_ENTRIES = 10_000
 
 
 @lru_cache(maxsize=8)
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, decode_responses=True)
+def _client(url: str, settings: Settings) -> redis.Redis:
+    return redis_client(url, settings, socket_timeout=5, decode_responses=True)
 
 
 class Outbox:
-    def __init__(self, url: str, ttl_seconds: int = 24 * 3600) -> None:
+    def __init__(self, url: str, ttl_seconds: int = 24 * 3600, *, settings: Settings | None = None) -> None:
+        """``settings`` carry TLS, Sentinel and the key prefix for ``url``; without them, the
+        environment's (a plain redis:// URL needs none)."""
         self.url = url
         self.ttl_seconds = ttl_seconds
+        self.settings = settings if settings is not None else load_settings()
+        self._prefix = self.settings.redis_global_keyprefix
+
+    def _redis(self) -> redis.Redis:
+        return _client(self.url, self.settings)
 
     def record(self, kind: str, **entry: Any) -> dict[str, Any]:
         entry = {"kind": kind, "at": time.time(), **entry}
-        key = KEY_PREFIX + kind
-        with _client(self.url).pipeline() as pipe:
+        key = self._prefix + KEY_PREFIX + kind
+        with self._redis().pipeline() as pipe:
             pipe.rpush(key, json.dumps(entry))
             pipe.ltrim(key, -MAX_ENTRIES, -1)
             pipe.expire(key, self.ttl_seconds)
@@ -40,23 +53,23 @@ class Outbox:
         return entry
 
     def read(self, kind: str) -> list[dict[str, Any]]:
-        return [json.loads(item) for item in _client(self.url).lrange(KEY_PREFIX + kind, 0, -1)]
+        return [json.loads(item) for item in self._redis().lrange(self._prefix + KEY_PREFIX + kind, 0, -1)]
 
     def clear(self, kind: str) -> None:
-        _client(self.url).delete(KEY_PREFIX + kind)
+        self._redis().delete(self._prefix + KEY_PREFIX + kind)
 
     # Switches the fake services read, so a test or an operator can break and mend them.
     def set_switch(self, name: str, on: bool) -> None:
         if on:
-            _client(self.url).set(SWITCH_PREFIX + name, "1")
+            self._redis().set(self._prefix + SWITCH_PREFIX + name, "1")
         else:
-            _client(self.url).delete(SWITCH_PREFIX + name)
+            self._redis().delete(self._prefix + SWITCH_PREFIX + name)
 
     def switch(self, name: str) -> bool:
-        return bool(_client(self.url).exists(SWITCH_PREFIX + name))
+        return bool(self._redis().exists(self._prefix + SWITCH_PREFIX + name))
 
 
 def outbox_for(app: Any) -> Outbox:
     """The outbox of a brokerstack Celery app (see worker.celery_app.create_celery)."""
     settings = app.brokerstack_settings
-    return Outbox(settings.result_backend, ttl_seconds=settings.result_expires)
+    return Outbox(settings.result_backend, ttl_seconds=settings.result_expires, settings=settings)

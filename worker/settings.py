@@ -7,6 +7,7 @@ or a CLI command takes a ``Settings`` instance; nothing else reads ``os.environ`
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -15,6 +16,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BrokerProfileName = Literal["redis", "rabbitmq"]
 QueueType = Literal["classic", "quorum"]
+#: Which kombu transport carries Celery's messages on Redis: brokerstack's (worker.brokers.redis)
+#: or kombu's stock one, so every claim about the former is measured against the latter.
+RedisTransportName = Literal["brokerstack", "kombu"]
+#: Which Redis list a message's priority goes to: brokerstack's scale (9 most urgent, as on
+#: RabbitMQ) or kombu's (0 most urgent, what a stock Celery client on the same Redis uses).
+RedisPriorityOrder = Literal["brokerstack", "kombu"]
+#: How a rediss:// client checks the server's certificate (ssl.CERT_REQUIRED / _OPTIONAL / _NONE).
+RedisSslCertReqs = Literal["required", "optional", "none"]
 
 #: Passwords and keys that ship in the compose files and docs for local use. They are public, so a
 #: process started with ENVIRONMENT=production refuses to run with any of them.
@@ -24,6 +33,8 @@ DEVELOPMENT_SECRETS = frozenset({"brokerstack-dev", "brokerstack-dev-key", "brok
 COMPOSE_PASSWORD_VARIABLES = {"REDIS_URL": "REDIS_PASSWORD", "RABBITMQ_URL": "RABBITMQ_PASSWORD"}
 
 REDIS_SCHEMES = ("redis", "rediss")
+#: Redis reached through Sentinel: kombu's and Celery's form, several sentinels separated by ';'.
+SENTINEL_SCHEME = "sentinel"
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
 
@@ -63,6 +74,26 @@ class Settings(BaseSettings):
     #: up to about INTERVAL x THROTTLE seconds after its visibility timeout (kombu's defaults: 10 x 10).
     redis_unacked_restore_interval: float = Field(default=10.0, gt=0)
     redis_unacked_restore_throttle: int = Field(default=10, ge=1)
+    #: brokerstack's transport (atomic batched fetch, doorbells) or kombu's stock one.
+    redis_transport: RedisTransportName = "brokerstack"
+    #: "kombu" keeps kombu's priority order for fleets that mix brokerstack and stock Celery
+    #: clients on one Redis; kombu's transport always uses it.
+    redis_priority_order: RedisPriorityOrder = "brokerstack"
+    #: TLS for rediss:// URLs (broker, results, dead letters, outbox): "required" verifies the
+    #: server's certificate and host name against REDIS_SSL_CA_CERTS (or the system's CAs).
+    redis_ssl_cert_reqs: RedisSslCertReqs = "required"
+    redis_ssl_ca_certs: str | None = None
+    #: A client certificate and its key, for servers that require one (tls-auth-clients yes).
+    redis_ssl_certfile: str | None = None
+    redis_ssl_keyfile: str | None = None
+    #: The Sentinel service name of a sentinel:// REDIS_URL / RESULT_BACKEND_URL.
+    redis_sentinel_master: str = Field(default="mymaster", min_length=1)
+    #: The sentinels' own password (their requirepass), if they have one; the password in a
+    #: sentinel:// URL is the Redis primary's.
+    redis_sentinel_password: SecretStr | None = None
+    #: Prepended to every Redis key: queues, results, dead letters and the outbox, so several stacks
+    #: can share one Redis database. End it with ':' (Celery appends '_' to results' prefix otherwise).
+    redis_global_keyprefix: str = ""
 
     # --- tasks and workers --------------------------------------------------------------------
     task_time_limit: int = Field(default=30 * 60, ge=1)
@@ -90,7 +121,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        return _checked_url(value, REDIS_SCHEMES)
+        return _checked_redis_url(value)
 
     @field_validator("rabbitmq_url")
     @classmethod
@@ -100,15 +131,40 @@ class Settings(BaseSettings):
             _checked_url(part.strip(), AMQP_SCHEMES)
         return value
 
-    @field_validator("result_backend_url", "ledger_url")
+    @field_validator("result_backend_url")
     @classmethod
-    def _check_optional_redis_url(cls, value: str | None) -> str | None:
+    def _check_result_backend_url(cls, value: str | None) -> str | None:
+        return None if not value else _checked_redis_url(value)
+
+    @field_validator("ledger_url")
+    @classmethod
+    def _check_ledger_url(cls, value: str | None) -> str | None:
+        # The ledger is lab instrumentation on a Redis of its own: a plain URL is all it takes.
         return None if not value else _checked_url(value, REDIS_SCHEMES)
+
+    @field_validator("redis_ssl_ca_certs", "redis_ssl_certfile", "redis_ssl_keyfile")
+    @classmethod
+    def _check_readable_file(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        # Checked at start-up: a missing CA file would otherwise surface as a TLS error much later.
+        if not os.path.isfile(value) or not os.access(value, os.R_OK):
+            raise ValueError(f"no readable file at {value!r}")
+        return value
+
+    @field_validator("redis_global_keyprefix")
+    @classmethod
+    def _check_keyprefix(cls, value: str) -> str:
+        if any(ch.isspace() for ch in value):
+            raise ValueError(f"must not contain whitespace (got {value!r})")
+        return value
 
     @model_validator(mode="after")
     def _check_production_secrets(self) -> Settings:
         if self.task_soft_time_limit >= self.task_time_limit:
             raise ValueError("TASK_SOFT_TIME_LIMIT must be lower than TASK_TIME_LIMIT")
+        if bool(self.redis_ssl_certfile) != bool(self.redis_ssl_keyfile):
+            raise ValueError("REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE go together: set both or neither")
         if self.environment != "production":
             return self
         for env_name, url in self._broker_urls_in_use():
@@ -120,6 +176,8 @@ class Settings(BaseSettings):
                     f"set {env_name} with your own user and password"
                     + (f" (the compose stacks build it from {hint})" if hint else "")
                 )
+        if self.redis_sentinel_password and self.redis_sentinel_password.get_secret_value() in DEVELOPMENT_SECRETS:
+            raise ValueError("ENVIRONMENT=production refuses the development REDIS_SENTINEL_PASSWORD: set your own")
         if self.api_key is None:
             raise ValueError("ENVIRONMENT=production requires API_KEY (sent as X-API-Key)")
         if self.api_key.get_secret_value() in DEVELOPMENT_SECRETS:
@@ -127,12 +185,17 @@ class Settings(BaseSettings):
         return self
 
     def _broker_urls_in_use(self) -> list[tuple[str, str]]:
+        """(env name, one URL) for every URL in use; ';'-separated lists (RabbitMQ failover,
+        several sentinels) count URL by URL, so a development password in any of them is found."""
         if self.broker_profile == "redis":
-            urls = [("REDIS_URL", self.redis_url)]
+            urls = [("REDIS_URL", part) for part in url_parts(self.redis_url)]
         else:
-            urls = [("RABBITMQ_URL", part.strip()) for part in self.rabbitmq_url.split(";")]
-        backend = ("RESULT_BACKEND_URL", self.result_backend_url) if self.result_backend_url else ("REDIS_URL", self.redis_url)
-        return urls if backend in urls else [*urls, backend]
+            urls = [("RABBITMQ_URL", part) for part in url_parts(self.rabbitmq_url)]
+        if self.result_backend_url:
+            backend = [("RESULT_BACKEND_URL", part) for part in url_parts(self.result_backend_url)]
+        else:
+            backend = [("REDIS_URL", part) for part in url_parts(self.redis_url)]
+        return urls + [pair for pair in backend if pair not in urls]
 
     def to_env(self) -> dict[str, str]:
         """These settings as environment variables, for a worker or API started as a subprocess."""
@@ -153,6 +216,30 @@ class Settings(BaseSettings):
     def result_backend(self) -> str:
         return self.result_backend_url or self.redis_url
 
+    def redis_ssl_options(self) -> dict[str, str]:
+        """redis-py's ssl_* connection arguments (also the shape of Celery's broker_use_ssl and
+        redis_backend_use_ssl) for a rediss:// URL."""
+        options: dict[str, str] = {"ssl_cert_reqs": self.redis_ssl_cert_reqs}
+        for key, value in (
+            ("ssl_ca_certs", self.redis_ssl_ca_certs),
+            ("ssl_certfile", self.redis_ssl_certfile),
+            ("ssl_keyfile", self.redis_ssl_keyfile),
+        ):
+            if value:
+                options[key] = value
+        return options
+
+    def redis_sentinel_kwargs(self, socket_timeout: float) -> dict[str, object]:
+        """Connection arguments for the sentinels themselves. Always explicit: Celery's result
+        backend would otherwise talk to them with no timeout at all."""
+        kwargs: dict[str, object] = {
+            "socket_connect_timeout": self.broker_connection_timeout,
+            "socket_timeout": socket_timeout,
+        }
+        if self.redis_sentinel_password is not None:
+            kwargs["password"] = self.redis_sentinel_password.get_secret_value()
+        return kwargs
+
     @property
     def max_eta_seconds(self) -> int:
         """The longest countdown/ETA the broker can hold without running the task twice or
@@ -160,6 +247,29 @@ class Settings(BaseSettings):
         if self.broker_profile == "redis":
             return self.redis_visibility_timeout
         return self.rabbitmq_consumer_timeout
+
+
+def url_parts(value: str) -> list[str]:
+    """The URLs of a ';'-separated list (kombu's failover and Sentinel form)."""
+    return [part.strip() for part in value.split(";") if part.strip()]
+
+
+def redis_scheme(url: str) -> str:
+    """How a (validated) Redis URL is reached: "redis", "rediss" or "sentinel"."""
+    return urlsplit(url_parts(url)[0]).scheme
+
+
+def _checked_redis_url(value: str) -> str:
+    parts = url_parts(value)
+    if not parts:
+        raise ValueError("empty URL")
+    if urlsplit(parts[0]).scheme == SENTINEL_SCHEME:
+        for part in parts:
+            _checked_url(part, (SENTINEL_SCHEME,))
+        return value
+    if len(parts) > 1:
+        raise ValueError(f"only sentinel:// URLs may be a ';'-separated list (got {value!r})")
+    return _checked_url(value, (*REDIS_SCHEMES, SENTINEL_SCHEME))
 
 
 def _checked_url(value: str, schemes: tuple[str, ...]) -> str:

@@ -29,9 +29,16 @@ from .base import (
     RedisOptions,
 )
 from .cluster import RabbitCluster
-from .factory import DRIVER_ENV, docker_available, make_node, resolve_driver
+from .factory import DRIVER_ENV, docker_available, make_node, make_tls_redis_node, resolve_driver
 from .ports import free_port
-from .process import process_available, remove_stale_process_nodes
+from .process import (
+    ProcessRedisNode,
+    ProcessSentinelGroup,
+    ProcessSentinelNode,
+    process_available,
+    remove_stale_process_nodes,
+)
+from .tls import TLSFiles, make_test_certs
 
 
 def remove_stale_containers(everything: bool = False) -> list[str]:
@@ -54,12 +61,18 @@ __all__ = [
     "DriverName",
     "NodeError",
     "NodeTimeout",
+    "ProcessRedisNode",
+    "ProcessSentinelGroup",
+    "ProcessSentinelNode",
     "RabbitCluster",
     "RabbitOptions",
     "RedisOptions",
+    "TLSFiles",
     "docker_available",
     "free_port",
     "make_node",
+    "make_test_certs",
+    "make_tls_redis_node",
     "process_available",
     "remove_stale_containers",
     "remove_stale_nodes",

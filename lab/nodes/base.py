@@ -173,11 +173,20 @@ def poll(
         time.sleep(interval)
 
 
-def redis_probe(port: int) -> str:
-    """PING the Redis on port; returns "redis <version>"."""
+def redis_probe(port: int, tls: Any = None) -> str:
+    """PING the Redis on port (over TLS with ``tls``, a lab.nodes.tls.TLSFiles, verifying the
+    server and presenting the client certificate); returns "redis <version>"."""
     import redis
 
-    client = redis.Redis(host=LOOPBACK, port=port, socket_connect_timeout=1, socket_timeout=2)
+    secure: dict[str, Any] = {}
+    if tls is not None:
+        secure = {
+            "ssl": True,
+            "ssl_ca_certs": str(tls.ca_cert),
+            "ssl_certfile": str(tls.client_cert),
+            "ssl_keyfile": str(tls.client_key),
+        }
+    client = redis.Redis(host=LOOPBACK, port=port, socket_connect_timeout=1, socket_timeout=2, **secure)
     try:
         if not client.ping():
             raise NodeError("PING did not answer PONG")
@@ -348,7 +357,7 @@ class BrokerNode(ABC):
         self.wait_ready()
 
     def version(self) -> str:
-        """"redis 7.0.15" / "rabbitmq 3.10.8", as reported by the running broker."""
+        """ "redis 7.0.15" / "rabbitmq 3.10.8", as reported by the running broker."""
         if self._version is None:
             if not self.is_running():
                 raise NodeError(f"{self.describe()} is not running and was never ready: version unknown")

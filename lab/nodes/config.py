@@ -9,6 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .base import LOOPBACK, RabbitOptions, RedisOptions
+from .tls import TLSFiles
+
+#: The service name a lab Sentinel monitors unless told otherwise (Redis' and brokerstack's default).
+SENTINEL_MASTER = "mymaster"
 
 #: Redis' built-in RDB schedule ("save <seconds> <changes>" pairs), used when
 #: RedisOptions.save_snapshots asks for snapshots.
@@ -45,10 +49,31 @@ def _conf_value(value: str) -> str:
     return '""' if value == "" else value
 
 
-def render_redis_conf(options: RedisOptions, *, port: int, data_dir: str | Path) -> str:
-    """redis.conf for a process node: loopback only, foreground, logs to stdout."""
+def redis_tls_settings(tls: TLSFiles, *, port: int, auth_clients: str) -> list[str]:
+    """TLS only: the plaintext port is off (``port 0``), so nothing can fall back to it."""
+    return [
+        "port 0",
+        f"tls-port {port}",
+        f"tls-cert-file {tls.server_cert}",
+        f"tls-key-file {tls.server_key}",
+        f"tls-ca-cert-file {tls.ca_cert}",
+        f"tls-auth-clients {auth_clients}",
+    ]
+
+
+def render_redis_conf(
+    options: RedisOptions,
+    *,
+    port: int,
+    data_dir: str | Path,
+    tls: TLSFiles | None = None,
+    tls_auth_clients: str = "optional",
+) -> str:
+    """redis.conf for a process node: loopback only, foreground, logs to stdout; with ``tls``, a
+    TLS-only server whose client certificates are checked when sent (``optional``) or required."""
+    listen = redis_tls_settings(tls, port=port, auth_clients=tls_auth_clients) if tls else [f"port {port}"]
     lines = [
-        f"port {port}",
+        *listen,
         f"bind {LOOPBACK}",
         "protected-mode no",
         "daemonize no",
@@ -60,9 +85,56 @@ def render_redis_conf(options: RedisOptions, *, port: int, data_dir: str | Path)
     return _HEADER + "\n".join(lines) + "\n"
 
 
-def redis_docker_args(options: RedisOptions) -> list[str]:
-    """Arguments after the image's entrypoint (flags go to redis-server)."""
-    args = ["--port", str(REDIS_CONTAINER_PORT), "--protected-mode", "no"]
+def render_sentinel_conf(
+    *,
+    port: int,
+    data_dir: str | Path,
+    primary_port: int,
+    master: str = SENTINEL_MASTER,
+    down_after_ms: int = 5000,
+    password: str | None = None,
+) -> str:
+    """sentinel.conf for a lab Sentinel (quorum 1) watching the primary on primary_port; with
+    ``password``, clients of the sentinel itself must authenticate (its ``requirepass``).
+    Sentinel rewrites this file, so it is written fresh per node and never shared."""
+    lines = [
+        f"port {port}",
+        f"bind {LOOPBACK}",
+        "protected-mode no",
+        "daemonize no",
+        'logfile ""',
+        f"dir {data_dir}",
+        f"sentinel monitor {master} {LOOPBACK} {primary_port} 1",
+        f"sentinel down-after-milliseconds {master} {down_after_ms}",
+    ]
+    if password is not None:
+        lines.append(f"requirepass {password}")
+    return _HEADER + "\n".join(lines) + "\n"
+
+
+#: Where a docker TLS node finds its certificates (copied in before start).
+REDIS_CONTAINER_TLS_DIR = "/tls"
+
+
+def redis_docker_tls_args(auth_clients: str) -> list[str]:
+    """TLS only on the container port, certificates from REDIS_CONTAINER_TLS_DIR."""
+    return [
+        "--port", "0",
+        "--tls-port", str(REDIS_CONTAINER_PORT),
+        "--tls-cert-file", f"{REDIS_CONTAINER_TLS_DIR}/server.crt",
+        "--tls-key-file", f"{REDIS_CONTAINER_TLS_DIR}/server.key",
+        "--tls-ca-cert-file", f"{REDIS_CONTAINER_TLS_DIR}/ca.crt",
+        "--tls-auth-clients", auth_clients,
+    ]  # fmt: skip
+
+
+def redis_docker_args(options: RedisOptions, *, tls_auth_clients: str | None = None) -> list[str]:
+    """Arguments after the image's entrypoint (flags go to redis-server); ``tls_auth_clients``
+    set makes the node TLS only (see redis_docker_tls_args)."""
+    listen = (
+        ["--port", str(REDIS_CONTAINER_PORT)] if tls_auth_clients is None else redis_docker_tls_args(tls_auth_clients)
+    )
+    args = [*listen, "--protected-mode", "no"]
     for key, values in redis_settings(options):
         args += [f"--{key}", *values]
     return args

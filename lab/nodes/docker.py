@@ -37,11 +37,13 @@ from .config import (  # noqa: E402
     AMQP_CONTAINER_PORT,
     MANAGEMENT_CONTAINER_PORT,
     REDIS_CONTAINER_PORT,
+    REDIS_CONTAINER_TLS_DIR,
     redis_docker_args,
     render_enabled_plugins,
     render_rabbitmq_conf,
 )
 from .ports import free_port  # noqa: E402
+from .tls import TLSFiles
 
 if TYPE_CHECKING:
     import docker as docker_sdk
@@ -218,8 +220,13 @@ class DockerNode(BrokerNode):
         return proctree.find_in_tree(root, _BROKER_COMMS[self.kind]) or root
 
     def _wait_not_running(self) -> None:
-        poll(lambda: not self.is_running(), STATE_TIMEOUT, 0.05, f"{self.describe()} to stop",
-             on_timeout=self._log_excerpt)
+        poll(
+            lambda: not self.is_running(),
+            STATE_TIMEOUT,
+            0.05,
+            f"{self.describe()} to stop",
+            on_timeout=self._log_excerpt,
+        )
 
     def kill(self) -> None:
         import docker
@@ -288,21 +295,43 @@ class DockerRedisNode(RedisEndpoints, DockerNode):
     kind = "redis"
 
     def __init__(
-        self, name: str | None = None, options: RedisOptions | None = None, *, image: str | None = None
+        self,
+        name: str | None = None,
+        options: RedisOptions | None = None,
+        *,
+        image: str | None = None,
+        tls: TLSFiles | None = None,
+        tls_auth_clients: str = "optional",
     ) -> None:
+        """``tls``: serve TLS only with these certificates (url rediss://), as the process driver does."""
         super().__init__(name or f"brokerstack-test-redis-{random_suffix()}", image or redis_image())
         self.options = options or RedisOptions()
         self._port = free_port()
+        self.tls = tls
+        self.tls_auth_clients = tls_auth_clients
+
+    @property
+    def url(self) -> str:
+        return super().url.replace("redis://", "rediss://", 1) if self.tls else super().url
 
     def _build(self) -> Any:
-        container = self._new_container(command=redis_docker_args(self.options))
+        auth = self.tls_auth_clients if self.tls else None
+        container = self._new_container(command=redis_docker_args(self.options, tls_auth_clients=auth))
         # (address, port) pins the published port to loopback; testcontainers'
         # with_bind_ports() would publish on 0.0.0.0.
         container.ports[f"{REDIS_CONTAINER_PORT}/tcp"] = (LOOPBACK, self._port)
+        if self.tls is not None:
+            # World-readable: the image runs redis-server as its own user. Throw-away test keys only.
+            for source, target in (
+                (self.tls.server_cert, "server.crt"),
+                (self.tls.server_key, "server.key"),
+                (self.tls.ca_cert, "ca.crt"),
+            ):
+                container.with_copy_into_container(source.read_bytes(), f"{REDIS_CONTAINER_TLS_DIR}/{target}", 0o644)
         return container
 
     def _probe(self) -> str:
-        return redis_probe(self._port)
+        return redis_probe(self._port, tls=self.tls)
 
 
 class DockerRabbitNode(RabbitEndpoints, DockerNode):
@@ -369,8 +398,9 @@ class DockerRabbitNode(RabbitEndpoints, DockerNode):
         result = self._container.exec_run(["rabbitmqctl", *args], demux=True)
         stdout, stderr = (part.decode(errors="replace") if part else "" for part in result.output)
         if result.exit_code != 0:
-            raise NodeError(f"rabbitmqctl {' '.join(args)} in {self.name} exited {result.exit_code}: "
-                            f"{(stderr or stdout).strip()}")
+            raise NodeError(
+                f"rabbitmqctl {' '.join(args)} in {self.name} exited {result.exit_code}: {(stderr or stdout).strip()}"
+            )
         return stdout
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from .base import BrokerKind, BrokerNode, DriverName, RabbitOptions, RedisOptions
+from .tls import TLSFiles
 
 #: Environment variable selecting the driver when make_node() is not told.
 DRIVER_ENV = "BROKERSTACK_TEST_DRIVER"
@@ -68,3 +69,17 @@ def make_node(
     if kind == "redis":
         return ProcessRedisNode(name, redis, base_dir=base_dir)
     return ProcessRabbitNode(name, rabbit, base_dir=base_dir)
+
+
+def make_tls_redis_node(
+    tls: TLSFiles, driver: DriverChoice | None = None, *, tls_auth_clients: str = "optional"
+) -> BrokerNode:
+    """A not-yet-started TLS-only Redis (url rediss://127.0.0.1:<port>/0) serving ``tls``'s server
+    certificate; ``tls_auth_clients`` "yes" also requires a client certificate signed by its CA."""
+    if resolve_driver(driver) == "docker":
+        from .docker import DockerRedisNode
+
+        return DockerRedisNode(tls=tls, tls_auth_clients=tls_auth_clients)
+    from .process import ProcessRedisNode
+
+    return ProcessRedisNode(tls=tls, tls_auth_clients=tls_auth_clients)

@@ -27,10 +27,10 @@ from .base import (
     LOOPBACK,
     BrokerKind,
     BrokerNode,
-    RabbitEndpoints,
-    RedisEndpoints,
     NodeError,
+    RabbitEndpoints,
     RabbitOptions,
+    RedisEndpoints,
     RedisOptions,
     amqp_probe,
     poll,
@@ -39,13 +39,16 @@ from .base import (
     untrack,
 )
 from .config import (
+    SENTINEL_MASTER,
     rabbit_process_env,
     rabbitmqctl_env,
     render_enabled_plugins,
     render_rabbitmq_conf,
     render_redis_conf,
+    render_sentinel_conf,
 )
 from .ports import free_port, port_accepts
+from .tls import TLSFiles
 
 #: Parent of all process-node directories (override: BROKERSTACK_NODES_DIR).
 DEFAULT_BASE_DIR = "/tmp/brokerstack-nodes"
@@ -370,10 +373,21 @@ class ProcessRedisNode(RedisEndpoints, ProcessNode):
         *,
         base_dir: str | Path | None = None,
         port: int | None = None,
+        tls: TLSFiles | None = None,
+        tls_auth_clients: str = "optional",
     ) -> None:
+        """``tls``: serve TLS only (no plaintext port) with these certificates; the node's url is
+        then rediss://. ``tls_auth_clients``: "optional" checks a client certificate when one is
+        sent, "yes" requires it."""
         super().__init__(name or f"brokerstack-test-redis-{random_suffix()}", base_dir)
         self.options = options or RedisOptions()
         self._port = port if port is not None else free_port()
+        self.tls = tls
+        self.tls_auth_clients = tls_auth_clients
+
+    @property
+    def url(self) -> str:
+        return super().url.replace("redis://", "rediss://", 1) if self.tls else super().url
 
     def _prepare(self) -> None:
         binary = find_redis_server()
@@ -382,13 +396,125 @@ class ProcessRedisNode(RedisEndpoints, ProcessNode):
         self._binary = binary
         data_dir = self.dir / "data"
         data_dir.mkdir(exist_ok=True)
-        (self.dir / "redis.conf").write_text(render_redis_conf(self.options, port=self._port, data_dir=data_dir))
+        (self.dir / "redis.conf").write_text(
+            render_redis_conf(
+                self.options, port=self._port, data_dir=data_dir, tls=self.tls, tls_auth_clients=self.tls_auth_clients
+            )
+        )
 
     def _command(self) -> tuple[list[str], dict[str, str] | None, str | None]:
         return [self._binary, str(self.dir / "redis.conf")], None, None
 
     def _probe(self) -> str:
-        return redis_probe(self._port)
+        return redis_probe(self._port, tls=self.tls)
+
+
+class ProcessSentinelNode(ProcessRedisNode):
+    """A Redis Sentinel (``redis-server sentinel.conf --sentinel``: Debian ships no separate
+    redis-sentinel binary everywhere) watching the primary on ``primary_port``."""
+
+    def __init__(
+        self,
+        primary_port: int,
+        name: str | None = None,
+        *,
+        master: str = SENTINEL_MASTER,
+        base_dir: str | Path | None = None,
+        password: str | None = None,
+    ) -> None:
+        super().__init__(name or f"brokerstack-test-sentinel-{random_suffix()}", base_dir=base_dir)
+        self.primary_port = primary_port
+        self.master = master
+        self.password = password
+
+    @property
+    def url(self) -> str:
+        return f"sentinel://{LOOPBACK}:{self._port}"
+
+    def _prepare(self) -> None:
+        binary = find_redis_server()
+        if binary is None:
+            raise NodeError("redis-server not found (install redis-server or set BROKERSTACK_REDIS_SERVER)")
+        self._binary = binary
+        (self.dir / "sentinel.conf").write_text(
+            render_sentinel_conf(
+                port=self._port,
+                data_dir=self.dir,
+                primary_port=self.primary_port,
+                master=self.master,
+                password=self.password,
+            )
+        )
+
+    def _command(self) -> tuple[list[str], dict[str, str] | None, str | None]:
+        return [self._binary, str(self.dir / "sentinel.conf"), "--sentinel"], None, None
+
+    def _probe(self) -> str:
+        """Ready once it names the primary (what a client asks it first)."""
+        import redis
+
+        client = redis.Redis(
+            host=LOOPBACK, port=self._port, password=self.password, socket_connect_timeout=1, socket_timeout=2
+        )
+        try:
+            address = client.execute_command("SENTINEL", "get-master-addr-by-name", self.master)
+            if not address or int(address[1]) != self.primary_port:
+                raise NodeError(f"sentinel does not name the primary yet (answers {address!r})")
+            return f"redis sentinel {client.info('server')['redis_version']}"
+        finally:
+            client.close()
+
+
+class ProcessSentinelGroup:
+    """One Redis primary and ``sentinels`` Sentinels watching it, each on a free port.
+
+    ``url`` is kombu's and Celery's form: ``sentinel://127.0.0.1:P1;sentinel://127.0.0.1:P2``;
+    clients also need the service name, ``master``.
+    """
+
+    def __init__(
+        self,
+        sentinels: int = 2,
+        *,
+        master: str = SENTINEL_MASTER,
+        base_dir: str | Path | None = None,
+        options: RedisOptions | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
+        """``sentinel_password``: the sentinels' requirepass (the primary has none)."""
+        self.master = master
+        self.primary = ProcessRedisNode(options=options, base_dir=base_dir)
+        self.sentinels = [
+            ProcessSentinelNode(self.primary.port, master=master, base_dir=base_dir, password=sentinel_password)
+            for _ in range(sentinels)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ";".join(node.url for node in self.sentinels)
+
+    def start(self) -> None:
+        self.primary.start()
+        self.primary.wait_ready()
+        for node in self.sentinels:
+            node.start()
+        for node in self.sentinels:
+            node.wait_ready()
+
+    def close(self) -> None:
+        for node in [*self.sentinels, self.primary]:
+            node.close()
+
+    def __enter__(self) -> ProcessSentinelGroup:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _new_cookie() -> str:
@@ -445,14 +571,14 @@ class ProcessRabbitNode(RabbitEndpoints, ProcessNode):
     def _prepare(self) -> None:
         script = find_rabbitmq_server()
         if script is None:
-            raise NodeError("rabbitmq-server start script not found (install rabbitmq-server "
-                            "or set BROKERSTACK_RABBITMQ_SERVER)")
+            raise NodeError(
+                "rabbitmq-server start script not found (install rabbitmq-server or set BROKERSTACK_RABBITMQ_SERVER)"
+            )
         self._script = script
         for sub in ("mnesia", "log", "conf.d"):
             (self.dir / sub).mkdir(exist_ok=True)
         (self.dir / "rabbitmq.conf").write_text(
-            render_rabbitmq_conf(self.options, management_port=self._management_port,
-                                 cluster_nodes=self.cluster_nodes)
+            render_rabbitmq_conf(self.options, management_port=self._management_port, cluster_nodes=self.cluster_nodes)
         )
         (self.dir / "enabled_plugins").write_text(render_enabled_plugins(self.options.management))
         (self.dir / "rabbitmq-env.conf").write_text("# empty on purpose: the environment says it all\n")

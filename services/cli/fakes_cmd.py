@@ -19,7 +19,7 @@ app = typer.Typer(help="Break and mend the fake services; read what they sent.",
 
 def _outbox() -> Outbox:
     settings = settings_or_exit()
-    return Outbox(settings.result_backend, ttl_seconds=settings.result_expires)
+    return Outbox(settings.result_backend, ttl_seconds=settings.result_expires, settings=settings)
 
 
 @app.command("mail-server")

@@ -48,6 +48,7 @@ def memory_celery(settings: Settings) -> Celery:
         broker_transport_options={},
         result_backend="cache+memory://",
     )
+    app.backend_cls = None  # Celery's backend for the URL above, not brokerstack's Redis one
     return app
 
 

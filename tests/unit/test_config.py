@@ -11,7 +11,7 @@ import pytest
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads
 
-from worker.brokers.redis import PRIORITY_STEPS, TRANSPORT_PATH
+from worker.brokers.redis import PRIORITY_STEPS, SENTINEL_TRANSPORT_PATH, TRANSPORT_PATH
 from worker.celery_app import create_celery
 from worker.config import build_celery_config
 from worker.settings import ConfigError, Settings, load_settings
@@ -173,7 +173,12 @@ def test_pickle_payloads_are_refused():
 def test_worker_start_with_bad_profile_prints_one_line():
     env = {"BROKER_PROFILE": "kafka", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
-        [sys.executable, "-c", "import worker.celery_app"], env=env, capture_output=True, text=True, timeout=60
+        # `celery -A worker.celery_app` looks up the module's ``app``: that lookup reads the settings.
+        [sys.executable, "-c", "import worker.celery_app as module; module.app"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
@@ -185,3 +190,127 @@ def test_every_setting_is_documented():
     reference = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in reference]
     assert not missing, f"document these in docs/configuration.md: {missing}"
+
+
+# --- issue 9: TLS, Sentinel, key prefix ----------------------------------------------------------
+
+
+def test_rediss_url_turns_tls_on_for_broker_and_results(tmp_path):
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not parsed here")
+    conf = config_for(redis_url="rediss://:pw@cache:6380/0", redis_ssl_ca_certs=str(ca))
+    expected = {"ssl_cert_reqs": "required", "ssl_ca_certs": str(ca)}
+    # A class-path transport never sees the scheme: without broker_use_ssl it would speak plaintext.
+    assert conf["broker_transport"] == TRANSPORT_PATH
+    assert conf["broker_use_ssl"] == expected
+    assert conf["redis_backend_use_ssl"] == expected
+
+
+def test_plain_redis_has_no_tls_options():
+    conf = config_for(redis_url="redis://cache:6380/0")
+    assert "broker_use_ssl" not in conf and "redis_backend_use_ssl" not in conf
+
+
+def test_client_certificate_settings_reach_both_tls_options(tmp_path):
+    files = {name: tmp_path / name for name in ("ca.crt", "client.crt", "client.key")}
+    for path in files.values():
+        path.write_text("x")
+    conf = config_for(
+        redis_url="rediss://cache:6380/0",
+        redis_ssl_cert_reqs="optional",
+        redis_ssl_ca_certs=str(files["ca.crt"]),
+        redis_ssl_certfile=str(files["client.crt"]),
+        redis_ssl_keyfile=str(files["client.key"]),
+    )
+    assert (
+        conf["broker_use_ssl"]
+        == conf["redis_backend_use_ssl"]
+        == {
+            "ssl_cert_reqs": "optional",
+            "ssl_ca_certs": str(files["ca.crt"]),
+            "ssl_certfile": str(files["client.crt"]),
+            "ssl_keyfile": str(files["client.key"]),
+        }
+    )
+
+
+def test_sentinel_url_picks_the_sentinel_transport_and_master():
+    url = "sentinel://:pw@s1:26379;sentinel://:pw@s2:26380/0"
+    conf = config_for(redis_url=url, redis_sentinel_master="orders")
+    assert conf["broker_url"] == conf["result_backend"] == url
+    assert conf["broker_transport"] == SENTINEL_TRANSPORT_PATH
+    assert conf["broker_transport_options"]["master_name"] == "orders"
+    assert conf["broker_transport_options"]["sentinel_kwargs"]["socket_timeout"] > 0
+    assert conf["result_backend_transport_options"]["master_name"] == "orders"
+    assert "broker_use_ssl" not in conf
+
+
+def test_sentinel_master_defaults_to_mymaster_and_password_goes_to_the_sentinels():
+    conf = config_for(redis_url="sentinel://s1:26379", redis_sentinel_password="sentinel-secret")
+    assert conf["broker_transport_options"]["master_name"] == "mymaster"
+    assert conf["broker_transport_options"]["sentinel_kwargs"]["password"] == "sentinel-secret"
+    assert conf["result_backend_transport_options"]["sentinel_kwargs"]["password"] == "sentinel-secret"
+
+
+def test_kombu_transport_with_sentinel_lets_the_scheme_choose():
+    conf = config_for(redis_url="sentinel://s1:26379", redis_transport="kombu")
+    assert "broker_transport" not in conf  # kombu maps sentinel:// to its SentinelTransport
+    assert conf["broker_transport_options"]["master_name"] == "mymaster"
+
+
+def test_sentinel_result_backend_on_the_rabbitmq_profile():
+    conf = config_for(broker_profile="rabbitmq", result_backend_url="sentinel://s1:26379", redis_sentinel_master="r")
+    assert conf["result_backend"] == "sentinel://s1:26379"
+    assert conf["result_backend_transport_options"]["master_name"] == "r"
+
+
+def test_global_keyprefix_reaches_broker_and_results():
+    conf = config_for(redis_global_keyprefix="stack-a:")
+    assert conf["broker_transport_options"]["global_keyprefix"] == "stack-a:"
+    assert conf["result_backend_transport_options"]["global_keyprefix"] == "stack-a:"
+    assert "global_keyprefix" not in config_for()["broker_transport_options"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        ({"redis_ssl_cert_reqs": "maybe"}, ["REDIS_SSL_CERT_REQS", "'maybe'", "required", "optional", "none"]),
+        ({"redis_ssl_ca_certs": "/no/such/ca.crt"}, ["REDIS_SSL_CA_CERTS", "/no/such/ca.crt"]),
+        ({"redis_ssl_certfile": "/no/such/client.crt"}, ["REDIS_SSL_CERTFILE"]),
+        ({"redis_ssl_keyfile": "/no/such/client.key"}, ["REDIS_SSL_KEYFILE"]),
+        ({"redis_ssl_certfile": "/etc/hostname"}, ["REDIS_SSL_CERTFILE", "REDIS_SSL_KEYFILE"]),
+        ({"redis_sentinel_master": ""}, ["REDIS_SENTINEL_MASTER"]),
+        ({"redis_global_keyprefix": "a b"}, ["REDIS_GLOBAL_KEYPREFIX", "whitespace"]),
+        ({"redis_url": "redis://a:6379;redis://b:6379"}, ["REDIS_URL", "sentinel://"]),
+        ({"redis_url": "sentinel://a:26379;redis://b:6379"}, ["REDIS_URL", "sentinel://"]),
+        ({"redis_url": "sentinel://"}, ["REDIS_URL", "no host"]),
+        ({"result_backend_url": "sentinel://a:26379;http://b"}, ["RESULT_BACKEND_URL"]),
+        ({"ledger_url": "sentinel://a:26379"}, ["LEDGER_URL", "redis://"]),
+    ],
+)
+def test_bad_tls_sentinel_settings_fail_in_one_line_naming_the_setting(overrides, names):
+    with pytest.raises(ConfigError) as raised:
+        load_settings(**overrides)
+    message = str(raised.value)
+    assert message.startswith("configuration error: ") and "\n" not in message
+    for name in names:
+        assert name in message
+
+
+def test_production_finds_development_passwords_in_any_sentinel_url():
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        load_settings(
+            environment="production",
+            api_key="real-key",
+            redis_url="sentinel://:s3cret@s1:26379;sentinel://:brokerstack-dev@s2:26379",
+        )
+    with pytest.raises(ConfigError, match="REDIS_SENTINEL_PASSWORD"):
+        load_settings(
+            environment="production",
+            api_key="real-key",
+            redis_url="sentinel://:s3cret@s1:26379",
+            redis_sentinel_password="brokerstack-dev",
+        )
+    load_settings(
+        environment="production", api_key="real-key", redis_url="sentinel://:s3cret@s1:26379;sentinel://:s3cret@s2:1"
+    )

@@ -36,14 +36,6 @@ class DeadLetterStore(ABC):
 
     native_rejects: bool = False
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        # TRANSITIONAL, remove once every store is renamed: a store that still implements the old
-        # ``list`` (worker/dead_letters/redis.py) gets it as ``list_letters``, so it stays concrete.
-        super().__init_subclass__(**kwargs)
-        legacy = cls.__dict__.get("list")
-        if callable(legacy) and "list_letters" not in cls.__dict__:
-            cls.list_letters = legacy  # type: ignore[method-assign]
-
     def __init__(self, app: Celery) -> None:
         self.app = app
         self.settings = app.brokerstack_settings

@@ -20,6 +20,7 @@ import redis
 from kombu import Connection
 from kombu.serialization import dumps
 
+from worker.backends import redis_client
 from worker.dead_letters.base import (
     REPLAY_OF_HEADER,
     REPLAYS_HEADER,
@@ -64,15 +65,14 @@ class RabbitMQDeadLetterStore(DeadLetterStore):
 
     def __init__(self, app: Any) -> None:
         super().__init__(app)
-        self._notes = redis.Redis.from_url(
-            self.settings.result_backend, socket_connect_timeout=2, socket_timeout=5, decode_responses=True
-        )
+        self._notes = redis_client(self.settings.result_backend, self.settings, socket_timeout=5, decode_responses=True)
+        self._note_key = self.settings.redis_global_keyprefix + NOTE_KEY
 
     # --- the worker side ----------------------------------------------------------------------
 
     def annotate(self, letter: DeadLetter) -> None:
         note = letter.model_dump(include={"reason", "exception", "traceback", "retries", "last_death_at"})
-        key = NOTE_KEY.format(letter_id=letter.id)
+        key = self._note_key.format(letter_id=letter.id)
         self._notes.set(key, json.dumps(note), ex=NOTE_TTL_SECONDS)
 
     def capture(self, letter: DeadLetter) -> None:
@@ -228,7 +228,7 @@ class RabbitMQDeadLetterStore(DeadLetterStore):
 
     def _note(self, letter_id: str) -> dict[str, Any]:
         try:
-            raw = self._notes.get(NOTE_KEY.format(letter_id=letter_id))
+            raw = self._notes.get(self._note_key.format(letter_id=letter_id))
         except redis.RedisError:
             return {}  # the message itself is what matters; the note only adds detail
         return json.loads(raw) if raw else {}

@@ -1,197 +1,320 @@
-"""Redis as Celery's broker: kombu's Redis transport, with brokerstack's priority order and a
-delivery path that never holds a message outside Redis.
+"""brokerstack's Redis transport: kombu's, with a delivery step that never holds a message outside
+Redis, one priority scale with RabbitMQ, and doorbells for idle consumers.
 
 kombu delivers a Redis message in two steps: ``BRPOP`` takes it off the queue, then a second round
 trip records it in the ``unacked`` hash that makes acks_late and redelivery work. A worker or a
-Redis that dies between the two loses that message whatever the AOF policy (the chaos runs
-count it), and every task pays both round trips. Here one Lua script takes up to the worker's
-prefetch window off the queues *and* records each message as unacked, atomically (Redis replicates
-and fsyncs a script's effects as one transaction). Idle workers block on a per-queue doorbell list
-that publishers ring along with each message; a silent doorbell still means a look every
-``brpop_timeout`` (1 s), so messages that arrive without a ring (requeued ones, other producers)
-are found too.
+Redis that dies between the two loses that message whatever the AOF policy. Here one Lua script
+(``fetch.lua``) takes up to the worker's prefetch window off the queues *and* records each message
+as unacked, atomically. Acks are sent the moment they are made, as kombu sends them (one pipelined
+round trip); an ack that cannot reach Redis is kept and sent with the next fetch or ack.
+
+Idle consumers block on a per-queue doorbell list that publishers ring along with each message; a
+silent doorbell still means a look every ``brpop_timeout`` (1 s), so messages that arrive without a
+ring (stock kombu producers, restored messages) are found too.
+
+What this relies on in kombu (5.7): the virtual channel's consume/deliver loop, ``QoS`` bookkeeping
+(``_delivered``, ``restore_unacked_once`` at channel close), the unacked hash/index layout and
+``restore_visible``, ``_q_for_pri`` list naming, ``MultiChannelPoller`` driving ``_brpop_start`` /
+``_brpop_read``, and ``GlobalKeyPrefixMixin`` for prefixed clients.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import threading
 import time
+import uuid
+from base64 import b64encode
+from pathlib import Path
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from redis.exceptions import NoScriptError
 
-from worker.brokers.base import BrokerProfile
+from worker.backends import SentinelTLSConnection, TLSConnection
 from worker.topology import PRIORITY_MAX, PRIORITY_MIN
+
+logger = logging.getLogger(__name__)
 
 #: One Redis list per priority level and queue, so every step of the 0..9 scale is distinct.
 PRIORITY_STEPS = list(range(PRIORITY_MIN, PRIORITY_MAX + 1))
 
-#: Where Celery finds the transport below (``broker_transport`` accepts a class path).
+#: Where Celery finds the transports below (``broker_transport`` accepts a class path).
 TRANSPORT_PATH = "worker.brokers.redis:Transport"
+SENTINEL_TRANSPORT_PATH = "worker.brokers.redis:SentinelTransport"
 
 #: Most messages one fetch takes when the consumer sets no prefetch limit.
 MAX_FETCH = 100
+#: One fetch stops taking messages once they add up to this many bytes: a script blocks Redis while
+#: it runs, and moving a payload through Lua costs ~0.5-1.5 ms per 256 KB (measured on 2 cores), so
+#: a batch of large messages is split into fetches of a few milliseconds each.
+MAX_FETCH_BYTES = 1 << 20
 #: A doorbell holds at most this many rings; more would only mean spurious wake-ups.
 DOORBELL_MAX = 1000
 DOORBELL_KEY = "_brokerstack.doorbell.{queue}"
+#: Acks kept for resending while Redis is unreachable; older ones are dropped (their messages run
+#: again after the visibility timeout, as any lost ack does).
+MAX_UNSENT_ACKS = 10_000
 
-#: KEYS: unacked hash, unacked index, then the queue lists in the order to take from them.
-#: ARGV: how many to take, now, the number of acks N, the N delivery tags acked since the last
-#: fetch (removed first: acks ride along with the next fetch instead of costing a round trip
-#: each), then per queue list "1" to record its messages as unacked ("0" for a no-ack consumer,
-#: whose messages count as acked on delivery).
-#: Returns list, payload, list, payload, ... The unacked entry is ``[payload, exchange,
-#: routing_key]`` exactly as kombu writes it, built by string concatenation so the payload's JSON
-#: is kept byte for byte.
-FETCH_SCRIPT = """
-local want = tonumber(ARGV[1])
-local now = tonumber(ARGV[2])
-local acks = tonumber(ARGV[3])
-for a = 4, 3 + acks do
-  redis.call('ZREM', KEYS[2], ARGV[a])
-  redis.call('HDEL', KEYS[1], ARGV[a])
-end
-local flags = 3 + acks - 2
-local out = {}
-for i = 3, #KEYS do
-  while #out < want * 2 do
-    local item = redis.call('RPOP', KEYS[i])
-    if not item then break end
-    if ARGV[flags + i] == '1' then
-      local ok, message = pcall(cjson.decode, item)
-      if ok and type(message) == 'table' and type(message.properties) == 'table'
-          and message.properties.delivery_tag then
-        local tag = message.properties.delivery_tag
-        local info = message.properties.delivery_info
-        if type(info) ~= 'table' then info = {} end
-        redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info.exchange or '') .. ','
-          .. cjson.encode(info.routing_key or '') .. ']')
-        redis.call('ZADD', KEYS[2], now, tag)
-      end
-    end
-    out[#out + 1] = KEYS[i]
-    out[#out + 1] = item
-  end
-  if #out >= want * 2 then break end
-end
-return out
-"""
+#: A message whose payload is not a kombu message (not JSON, or not an object with properties) is
+#: handed to the consumer under this content type, which no one accepts: Celery's consumer then
+#: dead-letters it as undecodable (worker.consumer) instead of the transport dropping it.
+UNDECODABLE_CONTENT_TYPE = "application/x-brokerstack-undecodable"
+
+FETCH_SCRIPT = (Path(__file__).with_name("fetch.lua")).read_text()
+FETCH_SHA = hashlib.sha1(FETCH_SCRIPT.encode()).hexdigest()
+
+#: The transport's priority orders (REDIS_PRIORITY_ORDER): which end of 0..9 is urgent.
+PRIORITY_ORDERS = ("brokerstack", "kombu")
 
 
 def doorbell_key(queue: str) -> str:
     return DOORBELL_KEY.format(queue=queue)
 
 
-def _ring(queue: str) -> list[tuple[Any, ...]]:
-    """The commands that ring a queue's doorbell (bounded)."""
-    bell = doorbell_key(queue)
-    return [("lpush", bell, 1), ("ltrim", bell, 0, DOORBELL_MAX - 1)]
+class _UnsentAcks:
+    """Delivery tags whose ack could not reach Redis, per Redis (they outlive the channel and the
+    connection that failed). Tags are unique per delivery, so sending one late or twice removes
+    nothing but its own record."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tags: dict[str, list[str]] = {}
+
+    def put(self, where: str, tags: list[str]) -> None:
+        if not tags:
+            return
+        with self._lock:
+            kept = self._tags.setdefault(where, [])
+            kept.extend(tags)
+            del kept[:-MAX_UNSENT_ACKS]
+
+    def take(self, where: str) -> list[str]:
+        with self._lock:
+            return self._tags.pop(where, [])
+
+    def waiting(self, where: str) -> bool:
+        return bool(self._tags.get(where))
+
+
+UNSENT_ACKS = _UnsentAcks()
 
 
 class QoS(kombu_redis.QoS):
-    """Unacked bookkeeping done by the fetch script: recording happens there, and acks are sent
-    with the next fetch (or when the channel closes). An ack that never reaches Redis because the
-    worker died means the task runs again after the visibility timeout: at least once, as with
-    any ack lost in a crash."""
+    """kombu's Redis QoS, except that delivery is recorded by the fetch script and unsent acks are
+    kept and resent."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
         virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        self.channel._pending_acks.append(delivery_tag)
+        self._send_removal(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
-    def flush_acks(self) -> None:
-        """Send the acks that are waiting for a fetch, now."""
-        tags, self.channel._pending_acks = self.channel._pending_acks, []
-        if tags:
-            with self.channel.conn_or_acquire() as client, client.pipeline() as pipe:
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        else:
+            self._send_removal(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def _send_removal(self, delivery_tag: str) -> None:
+        where = self.channel.unsent_acks_key
+        tags = [delivery_tag, *UNSENT_ACKS.take(where)]
+        try:
+            with self.channel.ack_client().pipeline() as pipe:
                 pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
+        except self.channel.connection_errors as exc:
+            UNSENT_ACKS.put(where, tags)
+            logger.warning("Redis unreachable, %d ack(s) kept to resend with the next fetch: %r", len(tags), exc)
 
-    def restore_unacked(self, client: Any = None) -> None:
-        self.flush_acks()  # an acked message must not be given back when the channel closes
-        super().restore_unacked(client)
+    def restore_unacked(self, client: Any = None) -> Any:
+        """Give back what this channel holds unacked when it closes, except the messages of tasks
+        still running in this worker. The channel closes on a lost connection too, and Redis keeps
+        the unacked record across reconnects, so a running task is acked when it finishes
+        (``worker_cancel_long_running_tasks_on_connection_loss`` is off on Redis); giving its
+        message back here would run it a second time at once (kombu's transport does: measured in
+        tests/integration/test_redis_delivery.py). If the worker dies instead, the visibility
+        timeout gives it back."""
+        for tag in _tags_of_running_tasks() & set(self._delivered):
+            del self._delivered[tag]
+        return super().restore_unacked(client)
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        def restore_transaction(pipe: Any) -> None:
+            entry = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if entry:
+                self.channel.restore_unacked_entry(bytes_to_str(entry), pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as client:
+            client.transaction(restore_transaction, self.unacked_key)
 
 
-class Channel(kombu_redis.Channel):
-    """kombu's Redis channel with the priority scale turned round and atomic, batched delivery.
+class BrokerstackChannel:
+    """What brokerstack adds to kombu's Redis channel (plain or Sentinel): mixed in before it.
 
     Priority: kombu's Redis transport pops priority 0 first, RabbitMQ delivers the highest number
-    first. Users get one scale (9 is most urgent) everywhere, so the number a message carries
-    stays the user's number (retries and republishing keep it) and only the Redis list it is
-    pushed to is reversed.
+    first. With the ``brokerstack`` order (default) users get one scale, 9 most urgent, everywhere:
+    the number a message carries stays the user's number and only the list it goes to is reversed.
+    The ``kombu`` order keeps kombu's lists for fleets that share a Redis with stock Celery clients.
     """
 
     QoS = QoS
+    #: REDIS_PRIORITY_ORDER (transport option ``brokerstack_priority_order``).
+    brokerstack_priority_order = "brokerstack"
+
+    # Provided by kombu's channel.
+    global_keyprefix: str
+    unacked_key: str
+    unacked_index_key: str
+    priority_steps: list[int]
+    brpop_timeout: float
+    sep: str
+    connection: Any
+    connection_errors: tuple[type[BaseException], ...]
+    pool: Any
+    client: Any
+    qos: Any
+    active_queues: list[str]
+    _queue_cycle: Any
+    _in_poll: Any
+    _brpop_sent_at: Any
+    _expires: dict[str, int]
+    _tag_to_queue: dict[str, str]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.global_keyprefix:
-            raise ValueError("brokerstack's Redis transport does not support global_keyprefix")
+        if self.brokerstack_priority_order not in PRIORITY_ORDERS:
+            raise ValueError(f"brokerstack_priority_order must be one of {PRIORITY_ORDERS}")
         #: Queues consumed without acks (Celery's reply queues): not recorded as unacked.
         self._untracked_queues: set[str] = set()
-        #: What the command in flight on the consumer connection is: ("fetch", n) or ("wait", 0).
-        self._pending: tuple[str, int] | None = None
+        #: The command in flight on the consumer connection: ("fetch", how many, acks it carries)
+        #: or ("wait", 0, []).
+        self._pending: tuple[str, int, list[str]] | None = None
         #: Fetch (rather than wait for a doorbell) next: at start, after a ring or a timeout, and
         #: after a full batch (there may be more).
         self._fetch_next = True
-        #: Delivery tags acked locally, sent to Redis with the next fetch (see QoS.ack).
-        self._pending_acks: list[str] = []
+        #: Delivery tags are this channel's id, the fetch number and the message's place in it.
+        self._tag_prefix = uuid.uuid4().hex
+        self._fetches = 0
+        #: Which Redis (and key space) this channel's acks belong to.
+        uri = self.connection.client.as_uri(include_password=False)
+        self.unsent_acks_key = f"{uri}|{self.global_keyprefix}|{self.unacked_key}"
+        #: The pool acks go through. It outlives the channel: after a lost connection the channel
+        #: is closed (and forgets its pools and transport) while tasks it delivered still run and
+        #: must be acked when they finish. A disconnected redis-py pool reconnects when used.
+        self._ack_pool = self.pool
+
+    def ack_client(self) -> Any:
+        """A client for acks, usable after the channel closed."""
+        if not self.closed:  # type: ignore[attr-defined]
+            return self._create_client()  # type: ignore[attr-defined]
+        return self.Client(connection_pool=self._ack_pool)  # type: ignore[attr-defined]
 
     # --- priority -------------------------------------------------------------------------------
 
     def _get_message_priority(self, message: dict, reverse: bool = False) -> int:
-        return super()._get_message_priority(message, reverse=not reverse)
+        if self.brokerstack_priority_order == "brokerstack":
+            reverse = not reverse
+        return super()._get_message_priority(message, reverse=reverse)  # type: ignore[misc]
 
     # --- publishing: every message rings its queue's doorbell ----------------------------------
 
+    def _ring(self, queue: str) -> list[tuple[Any, ...]]:
+        """The commands that ring a queue's doorbell, bounded. kombu's prefixing client prefixes
+        LPUSH but not LTRIM, so LTRIM's key is prefixed here."""
+        bell = doorbell_key(queue)
+        trimmed = bell
+        if self.global_keyprefix and "LTRIM" not in kombu_redis.GlobalKeyPrefixMixin.PREFIXED_SIMPLE_COMMANDS:
+            trimmed = self.global_keyprefix + bell
+        return [("lpush", bell, 1), ("ltrim", trimmed, 0, DOORBELL_MAX - 1)]
+
     def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
         # kombu's _put, plus the ring, in the same round trip (or the same publish batch).
-        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))  # type: ignore[attr-defined]
         commands: list[tuple[Any, ...]] = [("lpush", key, dumps(message))]
         if self._expires and queue in self._expires:
-            commands += [("pexpire", self._q_for_pri(queue, p), self._expires[queue]) for p in self.priority_steps]
-        commands += _ring(queue)
+            commands += [
+                ("pexpire", self._q_for_pri(queue, p), self._expires[queue])  # type: ignore[attr-defined]
+                for p in self.priority_steps
+            ]
+        commands += self._ring(queue)
         publish_batch = kwargs.pop("_publish_batch", None)
         if publish_batch is not None:
             for name, *args in commands:
                 publish_batch.add(name, *args)
             return
-        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
             for name, *args in commands:
                 getattr(pipe, name)(*args)
             pipe.execute()
 
-    def _do_restore_message(self, payload: dict, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False) -> None:
-        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
-        for queue in self._lookup(exchange, routing_key):
-            for name, *args in _ring(queue):
+    def _do_restore_message(
+        self, payload: dict, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
+    ) -> None:
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)  # type: ignore[misc]
+        for queue in self._lookup(exchange, routing_key):  # type: ignore[attr-defined]
+            for name, *args in self._ring(queue):
                 getattr(pipe, name)(*args)
+
+    def restore_unacked_entry(self, entry: str, pipe: Any, leftmost: bool) -> None:
+        """Put an unacked record back on its queue (inside ``pipe``'s transaction). A record whose
+        payload is not JSON (a producer other than kombu's) is put back as it was."""
+        try:
+            payload, exchange, routing_key = loads(entry)
+            if not isinstance(payload, dict):
+                raise ValueError("not a kombu message")
+        except ValueError:
+            raw, queue = _split_fetch_entry(entry)
+            if raw is None:
+                logger.critical("dropping an unacked record that is neither kombu's nor brokerstack's: %r", entry[:200])
+                return
+            (pipe.lpush if leftmost else pipe.rpush)(self._q_for_pri(queue, PRIORITY_MIN), raw)  # type: ignore[attr-defined]
+            for name, *args in self._ring(queue):
+                getattr(pipe, name)(*args)
+            return
+        self._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
 
     # --- consuming ----------------------------------------------------------------------------
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if no_ack:
             self._untracked_queues.add(queue)
-        return super().basic_consume(queue, no_ack, *args, **kwargs)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)  # type: ignore[misc]
 
     def _basic_cancel(self, consumer_tag: str) -> Any:
         queue = self._tag_to_queue.get(consumer_tag)
-        self._untracked_queues.discard(queue)
-        return super()._basic_cancel(consumer_tag)
+        if queue is not None:
+            self._untracked_queues.discard(queue)
+        return super()._basic_cancel(consumer_tag)  # type: ignore[misc]
 
-    def _fetch_command(self, queues: list[str], want: int) -> list[Any]:
-        lists = [(self._q_for_pri(queue, pri), queue) for pri in self.priority_steps for queue in queues]
-        tracked = ["0" if queue in self._untracked_queues else "1" for _, queue in lists]
-        acks, self._pending_acks = self._pending_acks, []
-        return ["EVAL", FETCH_SCRIPT, 2 + len(lists), self.unacked_key, self.unacked_index_key,
-                *(key for key, _ in lists), want, time.time(), len(acks), *acks, *tracked]
+    def _fetch_arguments(self, queues: list[str], want: int) -> tuple[list[str], list[Any], list[str]]:
+        """KEYS and ARGV of fetch.lua (see there), and the unsent acks they carry."""
+        lists = [(self._q_for_pri(queue, pri), queue) for pri in self.priority_steps for queue in queues]  # type: ignore[attr-defined]
+        tails = ["" if queue in self._untracked_queues else f',"",{dumps(queue)}]' for _, queue in lists]
+        acks = UNSENT_ACKS.take(self.unsent_acks_key)
+        self._fetches += 1
+        prefix = f"{self._tag_prefix}.{self._fetches}."
+        keys = [
+            self.global_keyprefix + key for key in (self.unacked_key, self.unacked_index_key, *(k for k, _ in lists))
+        ]
+        return keys, [want, time.time(), prefix, MAX_FETCH_BYTES, len(acks), *acks, *tails], acks
 
     def _want(self) -> int:
         estimate = self.qos.can_consume_max_estimate()
         return max(1, min(estimate or MAX_FETCH, MAX_FETCH))
+
+    def _script_client(self) -> Any:
+        """A client that sends script calls as they are: their keys are prefixed already."""
+        import redis
+
+        return redis.Redis(connection_pool=self.pool)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
@@ -199,94 +322,159 @@ class Channel(kombu_redis.Channel):
             return
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        if self._fetch_next or self._pending_acks:  # acks travel with a fetch, never with a wait
+        if self._fetch_next or UNSENT_ACKS.waiting(self.unsent_acks_key):
             want = self._want()
-            self._pending = ("fetch", want)
-            command = self._fetch_command(queues, want)
+            keys, args, acks = self._fetch_arguments(queues, want)
+            self._pending = ("fetch", want, acks)
+            command = ["EVALSHA", FETCH_SHA, len(keys), *keys, *args]
         else:
-            self._pending = ("wait", 0)
-            command = ["BRPOP", *(doorbell_key(queue) for queue in queues), timeout or self.brpop_timeout]
+            self._pending = ("wait", 0, [])
+            bells = [self.global_keyprefix + doorbell_key(queue) for queue in queues]
+            command = ["BRPOP", *bells, timeout or self.brpop_timeout]
         self.client.connection.send_command(*command)
 
     def _brpop_read(self, **options: Any) -> bool:
-        kind, want = self._pending or ("wait", 0)
+        kind, want, acks = self._pending or ("wait", 0, [])
         try:
             try:
                 reply = self.client.parse_response(
-                    self.client.connection, "EVAL" if kind == "fetch" else "BRPOP", **options
+                    self.client.connection, "EVALSHA" if kind == "fetch" else "BRPOP", **options
                 )
             except self.connection_errors:
+                UNSENT_ACKS.put(self.unsent_acks_key, acks)  # the script may not have run
                 self.client.connection.disconnect()
                 raise
+            except NoScriptError:
+                # A restarted or flushed Redis forgot the script: load it, look again next time.
+                UNSENT_ACKS.put(self.unsent_acks_key, acks)
+                self._script_client().script_load(FETCH_SCRIPT)
+                self._fetch_next = True
+                raise kombu_redis.Empty() from None
             if kind == "wait":
                 # A ring, or a quiet second: either way, look at the queues now.
                 self._fetch_next = True
                 raise kombu_redis.Empty()
-            items = reply or []
-            delivered = len(items) // 2
-            self._fetch_next = delivered >= want
+            more, *items = reply or [0]
+            delivered = len(items) // 3
+            self._fetch_next = bool(more) or delivered >= want
             if not delivered:
                 raise kombu_redis.Empty()
-            for index in range(0, len(items), 2):
-                queue = bytes_to_str(items[index]).rsplit(self.sep, 1)[0]
-                self._queue_cycle.rotate(queue)
-                self.connection._deliver(loads(bytes_to_str(items[index + 1])), queue)
+            for index in range(0, len(items), 3):
+                self._deliver_fetched(items[index], items[index + 1], items[index + 2])
             return True
         finally:
             self._in_poll = None
             self._pending = None
-            self._flush_brpop_reauth()
+            self._flush_brpop_reauth()  # type: ignore[attr-defined]
 
-    def _get(self, queue: str) -> dict:
+    def _fetched_payload(self, key: bytes, tag: bytes, item: bytes) -> tuple[str, dict | None]:
+        """The queue a fetched message came from and its payload under the delivery tag the fetch
+        recorded (None: an undecodable message on a no-ack queue, which has nowhere to go)."""
+        queue = bytes_to_str(key)[len(self.global_keyprefix) :].rsplit(self.sep, 1)[0]
+        delivery_tag = bytes_to_str(tag)
+        try:
+            payload = loads(bytes_to_str(item))
+            if not isinstance(payload, dict) or not isinstance(payload.get("properties"), dict):
+                raise ValueError("not a kombu message: no properties")
+        except ValueError as exc:
+            if not delivery_tag:
+                logger.error("dropping an undecodable message from no-ack queue %s: %s", queue, exc)
+                return queue, None
+            logger.error("undecodable message on %s (%s): handing it on to be dead-lettered", queue, exc)
+            payload = _undecodable_payload(item, queue)
+        if delivery_tag:
+            payload["properties"]["delivery_tag"] = delivery_tag
+        return queue, payload
+
+    def _deliver_fetched(self, key: bytes, tag: bytes, item: bytes) -> None:
+        queue, payload = self._fetched_payload(key, tag, item)
+        self._queue_cycle.rotate(queue)
+        if payload is not None:
+            self.connection._deliver(payload, queue)
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict:
         """Synchronous get (basic_get): the same atomic take-and-record, one message."""
-        with self.conn_or_acquire() as client:
-            command = self._fetch_command([queue], 1)
-            items = client.execute_command(*command)
-        if not items:
+        keys, args, acks = self._fetch_arguments([queue], 1)
+        client = self._script_client()
+        try:
+            try:
+                items = client.evalsha(FETCH_SHA, len(keys), *keys, *args)
+            except NoScriptError:
+                items = client.eval(FETCH_SCRIPT, len(keys), *keys, *args)
+        except self.connection_errors:
+            UNSENT_ACKS.put(self.unsent_acks_key, acks)
+            raise
+        if len(items) < 4:
             raise kombu_redis.Empty()
-        return loads(bytes_to_str(items[1]))
+        _, payload = self._fetched_payload(*items[1:4])
+        if payload is None:
+            raise kombu_redis.Empty()
+        return payload
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
-        message = super().basic_get(queue, no_ack=no_ack, **kwargs)
+        message = super().basic_get(queue, no_ack=no_ack, **kwargs)  # type: ignore[misc]
         if message is not None and no_ack:
             self.qos._remove_from_indices(message.delivery_tag).execute()
         return message
+
+
+def _tags_of_running_tasks() -> set[str]:
+    """Delivery tags of the tasks this process is running (empty outside a Celery worker)."""
+    from celery.worker import state
+
+    tags = set()
+    for request in list(state.active_requests):
+        message = getattr(request, "message", None)
+        if message is not None and message.delivery_tag is not None:
+            tags.add(message.delivery_tag)
+    return tags
+
+
+def _undecodable_payload(item: bytes, queue: str) -> dict[str, Any]:
+    """A kombu payload that carries ``item`` as its body, for the consumer's decode-error path."""
+    return {
+        "body": b64encode(item).decode(),
+        "content-encoding": "binary",
+        "content-type": UNDECODABLE_CONTENT_TYPE,
+        "headers": {},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": PRIORITY_MIN,
+        },
+    }
+
+
+def _split_fetch_entry(entry: str) -> tuple[str | None, str]:
+    """(payload, queue) of an unacked record written by fetch.lua, whatever the payload is."""
+    head, sep, tail = entry.rpartition(',"",')
+    if not sep or not head.startswith("[") or not tail.endswith("]"):
+        return None, ""
+    try:
+        queue = loads(tail[:-1])
+    except ValueError:
+        return None, ""
+    return head[1:], queue
+
+
+_OPTIONS = ("brokerstack_priority_order",)
+
+
+# kombu types each from_transport_options as a tuple of its exact length, so a longer one "differs".
+class Channel(BrokerstackChannel, kombu_redis.Channel):
+    from_transport_options = kombu_redis.Channel.from_transport_options + _OPTIONS  # type: ignore[assignment]
+    # A rediss:// URL whose server does not speak TLS fails with one clear line, not a bare timeout.
+    connection_class_ssl = TLSConnection
+
+
+class SentinelChannel(BrokerstackChannel, kombu_redis.SentinelChannel):
+    from_transport_options = kombu_redis.SentinelChannel.from_transport_options + _OPTIONS  # type: ignore[assignment]
+    connection_class_ssl = SentinelTLSConnection
 
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-class RedisProfile(BrokerProfile):
-    name = "redis"
-
-    @property
-    def url(self) -> str:
-        return self.settings.redis_url
-
-    def transport_options(self) -> dict[str, Any]:
-        return {
-            "visibility_timeout": self.settings.redis_visibility_timeout,
-            "unacked_restore_interval": self.settings.redis_unacked_restore_interval,
-            "unacked_restore_throttle": self.settings.redis_unacked_restore_throttle,
-            "priority_steps": PRIORITY_STEPS,
-            "socket_connect_timeout": self.settings.broker_connection_timeout,
-            # Bounds a publish to a Redis that stopped answering; consumers block in BRPOP for
-            # 1 s at a time, well inside it.
-            "socket_timeout": max(5.0, self.settings.broker_connection_timeout),
-            "socket_keepalive": True,
-            "health_check_interval": 10,
-        }
-
-    def queue_arguments(self, queue: str) -> dict[str, Any]:
-        # Redis lists have no server-side arguments; priority comes from PRIORITY_STEPS.
-        return {}
-
-    def celery_options(self) -> dict[str, Any]:
-        return {
-            "broker_transport": TRANSPORT_PATH,
-            # Redis keeps an unacked message in its "unacked" hash across reconnects, so a task
-            # that was running when the connection dropped can still be acked when it finishes:
-            # cancelling it would only make it run again after the visibility timeout.
-            "worker_cancel_long_running_tasks_on_connection_loss": False,
-        }
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

@@ -1,0 +1,72 @@
+"""The Redis broker profile: URL, transport options and the Celery settings Redis needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.brokers.base import BrokerProfile
+from worker.brokers.redis.transport import PRIORITY_STEPS, SENTINEL_TRANSPORT_PATH, TRANSPORT_PATH
+from worker.settings import SENTINEL_SCHEME, redis_scheme
+
+#: Publishes to a Redis that stopped answering fail after this; consumers block in BRPOP for 1 s at
+#: a time, well inside it.
+MIN_SOCKET_TIMEOUT = 5.0
+
+
+class RedisProfile(BrokerProfile):
+    name = "redis"
+
+    @property
+    def url(self) -> str:
+        return self.settings.redis_url
+
+    @property
+    def scheme(self) -> str:
+        return redis_scheme(self.settings.redis_url)
+
+    def transport_options(self) -> dict[str, Any]:
+        socket_timeout = max(MIN_SOCKET_TIMEOUT, self.settings.broker_connection_timeout)
+        options: dict[str, Any] = {
+            "visibility_timeout": self.settings.redis_visibility_timeout,
+            "unacked_restore_interval": self.settings.redis_unacked_restore_interval,
+            "unacked_restore_throttle": self.settings.redis_unacked_restore_throttle,
+            "priority_steps": PRIORITY_STEPS,
+            "brokerstack_priority_order": self.priority_order,
+            "socket_connect_timeout": self.settings.broker_connection_timeout,
+            "socket_timeout": socket_timeout,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+        }
+        if self.settings.redis_global_keyprefix:
+            options["global_keyprefix"] = self.settings.redis_global_keyprefix
+        if self.scheme == SENTINEL_SCHEME:
+            options["master_name"] = self.settings.redis_sentinel_master
+            options["sentinel_kwargs"] = self.settings.redis_sentinel_kwargs(socket_timeout)
+        return options
+
+    def queue_arguments(self, queue: str) -> dict[str, Any]:
+        # Redis lists have no server-side arguments; priority comes from PRIORITY_STEPS.
+        return {}
+
+    @property
+    def priority_order(self) -> str:
+        """Which end of the 0..9 scale is urgent on Redis; kombu's transport only knows its own."""
+        if self.settings.redis_transport == "kombu":
+            return "kombu"
+        return self.settings.redis_priority_order
+
+    def celery_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.settings.redis_transport == "brokerstack":
+            # A class path, not a URL scheme, picks the transport: kombu then never sees "rediss"
+            # and would speak plaintext unless broker_use_ssl (below) says TLS.
+            options["broker_transport"] = SENTINEL_TRANSPORT_PATH if self.scheme == SENTINEL_SCHEME else TRANSPORT_PATH
+        if self.scheme == "rediss":
+            options["broker_use_ssl"] = self.settings.redis_ssl_options()
+        return {
+            **options,
+            # Redis keeps an unacked message in its "unacked" hash across reconnects, so a task
+            # that was running when the connection dropped can still be acked when it finishes:
+            # cancelling it would only make it run again after the visibility timeout.
+            "worker_cancel_long_running_tasks_on_connection_loss": False,
+        }
