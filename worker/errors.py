@@ -4,6 +4,7 @@ libraries underneath Celery. Anything else is a bug and should surface as one.""
 from __future__ import annotations
 
 import amqp.exceptions
+import celery.exceptions
 import kombu.exceptions
 import redis.exceptions
 
@@ -21,6 +22,8 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (
+    # Celery wraps a result read that failed on the connection in this (GET /tasks/{id}).
+    celery.exceptions.BackendGetMetaError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,

@@ -7,6 +7,7 @@ or a CLI command takes a ``Settings`` instance; nothing else reads ``os.environ`
 
 from __future__ import annotations
 
+import hmac
 import os
 from typing import Literal
 from urllib.parse import urlsplit
@@ -112,6 +113,9 @@ class Settings(BaseSettings):
 
     # --- producer (API) -----------------------------------------------------------------------
     api_key: SecretStr | None = None
+    #: A read-only X-API-Key for dashboards: accepted on the GET endpoints that return task data
+    #: (/tasks/{id}, /workflows/{id}, /dlq, /dlq/{id}), refused with 403 on everything that changes state.
+    api_read_key: SecretStr | None = None
     #: Upper bound for one publish, broker down included; the API answers 503 after it.
     publish_timeout: float = Field(default=4.0, gt=0, le=30)
     broker_connection_timeout: float = Field(default=2.0, gt=0)
@@ -165,24 +169,42 @@ class Settings(BaseSettings):
             raise ValueError("TASK_SOFT_TIME_LIMIT must be lower than TASK_TIME_LIMIT")
         if bool(self.redis_ssl_certfile) != bool(self.redis_ssl_keyfile):
             raise ValueError("REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE go together: set both or neither")
+        if self.api_read_key is not None and self.api_key is None:
+            raise ValueError("API_READ_KEY needs API_KEY: without it the endpoints that change state are open")
+        if self.api_read_key is not None and self.api_key is not None and _same_secret(self.api_read_key, self.api_key):
+            raise ValueError("API_READ_KEY must differ from API_KEY (the same value grants full access)")
         if self.environment != "production":
             return self
+        problems = self._production_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _production_problems(self) -> list[str]:
+        """Every development credential in use, at once: an operator fixes them in one go."""
+        problems = []
+        refused = set()
         for env_name, url in self._broker_urls_in_use():
             password = urlsplit(url).password
-            if password in DEVELOPMENT_SECRETS or urlsplit(url).username == "guest":
+            if (password in DEVELOPMENT_SECRETS or urlsplit(url).username == "guest") and env_name not in refused:
+                refused.add(env_name)
                 hint = COMPOSE_PASSWORD_VARIABLES.get(env_name)
-                raise ValueError(
+                problems.append(
                     f"ENVIRONMENT=production refuses the development credentials in {env_name}: "
                     f"set {env_name} with your own user and password"
                     + (f" (the compose stacks build it from {hint})" if hint else "")
                 )
-        if self.redis_sentinel_password and self.redis_sentinel_password.get_secret_value() in DEVELOPMENT_SECRETS:
-            raise ValueError("ENVIRONMENT=production refuses the development REDIS_SENTINEL_PASSWORD: set your own")
+        for env_name, secret in (
+            ("REDIS_SENTINEL_PASSWORD", self.redis_sentinel_password),
+            ("API_READ_KEY", self.api_read_key),
+        ):
+            if secret is not None and secret.get_secret_value() in DEVELOPMENT_SECRETS:
+                problems.append(f"ENVIRONMENT=production refuses the development {env_name}: set your own")
         if self.api_key is None:
-            raise ValueError("ENVIRONMENT=production requires API_KEY (sent as X-API-Key)")
-        if self.api_key.get_secret_value() in DEVELOPMENT_SECRETS:
-            raise ValueError("ENVIRONMENT=production refuses the development API_KEY: set your own")
-        return self
+            problems.append("ENVIRONMENT=production requires API_KEY (sent as X-API-Key)")
+        elif self.api_key.get_secret_value() in DEVELOPMENT_SECRETS:
+            problems.append("ENVIRONMENT=production refuses the development API_KEY: set your own")
+        return problems
 
     def _broker_urls_in_use(self) -> list[tuple[str, str]]:
         """(env name, one URL) for every URL in use; ';'-separated lists (RabbitMQ failover,
@@ -283,6 +305,10 @@ def _checked_url(value: str, schemes: tuple[str, ...]) -> str:
     if not parts.hostname:
         raise ValueError(f"no host in {value!r}")
     return value
+
+
+def _same_secret(a: SecretStr, b: SecretStr) -> bool:
+    return hmac.compare_digest(a.get_secret_value().encode(), b.get_secret_value().encode())
 
 
 def load_settings(**overrides: object) -> Settings:

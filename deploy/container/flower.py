@@ -1,16 +1,26 @@
 """Flower's launcher: ``python -m deploy.container.flower [flower options]``.
 
-Starts ``celery -A worker.celery_app flower`` (which applies the app's own production guard to the
+Runs ``celery -A worker.celery_app flower`` (which applies the app's own production guard to the
 broker URLs), after refusing, with ENVIRONMENT=production, Flower basic-auth passwords that are
 the public development ones.
+
+On Redis, Flower's Broker page (and ``/api/queues/length`` behind it) picks its queue reader from
+the scheme of the app's connection URI. brokerstack's transport is chosen by class path
+(``broker_transport = worker.brokers.redis:Transport``), so that URI starts
+``worker.brokers.redis:Transport://`` and Flower answered 404 "'redis' broker is not supported".
+Flower here reads queues through the configured REDIS_URL (redis://, rediss:// or sentinel://),
+with the app's transport options (priority steps 0..9, key prefix, Sentinel master) and TLS
+options (``broker_use_ssl``), so the page counts every priority list of every queue.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from functools import cached_property
+from typing import Any
 
-from worker.settings import DEVELOPMENT_SECRETS
+from worker.settings import DEVELOPMENT_SECRETS, url_parts
 
 
 def refused_reason(environ: dict[str, str]) -> str | None:
@@ -24,10 +34,49 @@ def refused_reason(environ: dict[str, str]) -> str | None:
     return None
 
 
+def broker_page_url(capp: Any) -> str | None:
+    """The URL Flower's broker page should read queues through, or None to leave Flower's own
+    (RabbitMQ: amqp:// already, with the management API from FLOWER_BROKER_API)."""
+    settings = getattr(capp, "brokerstack_settings", None)
+    if settings is None or settings.broker_profile != "redis":
+        return None
+    # Flower's Sentinel reader asks the first sentinel; it parses one URL, not kombu's ';' list.
+    return url_parts(settings.redis_url)[0]
+
+
+def flower_class() -> type:
+    """Flower's application with the broker URIs above (imported here: the refusal above must
+    not need Flower installed)."""
+    from flower.app import Flower  # type: ignore[import-untyped]  # Flower ships no type hints
+    from kombu.utils.url import maybe_sanitize_url
+
+    class BrokerstackFlower(Flower):
+        @cached_property
+        def broker_uri_with_password(self) -> str:
+            url = broker_page_url(self.capp)
+            if url is None:
+                with self.capp.connection() as conn:
+                    return str(conn.as_uri(include_password=True))
+            return url
+
+        @cached_property
+        def broker_uri(self) -> str:
+            # Shown on the Broker and worker pages: without the password.
+            return str(maybe_sanitize_url(self.broker_uri_with_password))
+
+    return BrokerstackFlower
+
+
 def main() -> None:
     if reason := refused_reason(dict(os.environ)):
         raise SystemExit(f"brokerstack: configuration error: {reason}")
-    os.execvp("celery", ["celery", "--app=worker.celery_app", "flower", *sys.argv[1:]])
+    import flower.command  # type: ignore[import-untyped]  # Flower ships no type hints
+    from celery.bin.celery import main as celery_main
+
+    # `celery flower` builds its application from this name; Flower offers no other hook.
+    flower.command.Flower = flower_class()
+    sys.argv = ["celery", "--app=worker.celery_app", "flower", *sys.argv[1:]]
+    sys.exit(celery_main())
 
 
 if __name__ == "__main__":

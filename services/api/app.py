@@ -11,8 +11,10 @@ from fastapi import FastAPI
 
 from services.api.body_limit import BodySizeLimit
 from services.api.catalog import TaskCatalog
+from services.api.docs import install_docs
 from services.api.errors import install_error_handlers
 from services.api.producer import Producer, ServiceUnavailable
+from services.api.published import PublishedTasks
 from services.api.routes import dlq, health, metrics, tasks, users, workflows
 from worker.celery_app import create_celery, settings_or_exit
 from worker.dead_letters import store_for
@@ -53,14 +55,19 @@ def create_app(settings: Settings | None = None, *, celery_app: Celery | None = 
         version="0.1.0",
         summary=f"Enqueue Celery tasks on {settings.broker_profile}",
         lifespan=lifespan,
+        # install_docs serves both pages without a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.producer = producer
     app.state.catalog = TaskCatalog(celery_app, settings)
     app.state.users = users.UserRepository()
     app.state.dead_letters = store_for(celery_app)
+    app.state.published = PublishedTasks(celery_app)
     for module in (health, metrics, tasks, workflows, users, dlq):
         app.include_router(module.router)
+    install_docs(app)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     return app

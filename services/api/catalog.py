@@ -55,6 +55,17 @@ class TaskCatalog:
                     "schedule long delays with beat or a database instead",
                 )
             )
+        if call.expires is not None and delay is not None and call.expires <= delay:
+            # The worker would find it expired the moment it became due: straight to the dead letters.
+            problems.append(
+                ArgumentProblem(
+                    ("body", "expires"),
+                    f"expires ({call.expires:g} s from now) is not after the task is due ({max(delay, 0):.0f} s "
+                    f"from now, by {'countdown' if call.countdown is not None else 'eta'}): it would expire "
+                    "unrun and go to the dead letters; give expires a larger value",
+                    "expires_before_due",
+                )
+            )
         return problems
 
     def check_steps(self, steps: list[WorkflowStep], *, loc: str, receives_previous: bool) -> list[ArgumentProblem]:

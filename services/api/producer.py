@@ -16,9 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from celery import Celery
+from celery.exceptions import BackendGetMetaError
 from celery.result import AsyncResult, GroupResult
 
 from worker.errors import BACKEND_ERRORS, BROKER_ERRORS
+
+#: What a result read raises when the backend is not there. With result_backend_always_retry
+#: Celery retries a connection error a few times, then wraps it in BackendGetMetaError: that is
+#: the same outage, reached after the retries instead of before them.
+READ_ERRORS: tuple[type[BaseException], ...] = (*BACKEND_ERRORS, BackendGetMetaError)
 
 T = TypeVar("T")
 
@@ -65,7 +71,7 @@ class Producer:
 
     async def read(self, fn: Callable[[], T]) -> T:
         """Run a result-backend read or raise ResultBackendUnavailable."""
-        return await self._call(fn, BACKEND_ERRORS, ResultBackendUnavailable, "result backend")
+        return await self._call(fn, READ_ERRORS, ResultBackendUnavailable, "result backend")
 
     async def _call(
         self,
@@ -89,7 +95,10 @@ class Producer:
         except (TimeoutError, DeadlineExpired):
             raise unavailable(f"{what} did not answer within {self.timeout:g} s") from None
         except errors as exc:
-            raise unavailable(f"{what} unreachable: {type(exc).__name__}: {exc}") from None
+            # Name the error underneath a wrapper (BackendGetMetaError), which says only "failed to get meta".
+            cause = (exc.__cause__ or exc.__context__) if isinstance(exc, BackendGetMetaError) else None
+            shown = cause or exc
+            raise unavailable(f"{what} unreachable: {type(shown).__name__}: {shown}") from None
 
     # --- the calls the routes make --------------------------------------------------------------
 

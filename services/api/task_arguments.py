@@ -7,6 +7,7 @@ publishing a message that can only fail in the worker.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import typing
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ class TaskSignature:
         ``receives_previous``: the task is a later workflow step and gets the previous result as
         its first argument, which is not known yet and not checked.
         """
+        if unknown := self._unknown_keywords(kwargs, loc):
+            # Reported alone: binding would only add a misleading "missing argument" for the
+            # parameter the misspelt keyword was meant to be.
+            return unknown
         positional = [FROM_PREVIOUS_STEP, *args] if receives_previous else list(args)
         try:
             bound = self.signature.bind(*positional, **kwargs)
@@ -81,6 +86,31 @@ class TaskSignature:
             except ValidationError as exc:
                 first = exc.errors()[0]
                 problems.append(ArgumentProblem(where, f"{name}: {first['msg']}", first["type"]))
+        return problems
+
+    def _unknown_keywords(self, kwargs: dict[str, Any], loc: tuple) -> list[ArgumentProblem]:
+        parameters = self.signature.parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return []
+        named = [
+            name
+            for name, p in parameters.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]
+        problems = []
+        for key in kwargs:
+            if key in named:
+                continue
+            close = difflib.get_close_matches(key, named, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(
+                ArgumentProblem(
+                    (*loc, "kwargs", key),
+                    f"unknown keyword argument {key!r} for {self.task.name}{self.signature}{hint}; "
+                    f"its keyword parameters: {', '.join(named) or 'none'}",
+                    "unexpected_keyword_argument",
+                )
+            )
         return problems
 
     def _adapter(self, name: str) -> TypeAdapter:

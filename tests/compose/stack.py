@@ -136,6 +136,9 @@ class ComposeStack:
             RABBITMQ_PASSWORD="rabbit-" + secrets.token_hex(8),
             API_KEY="key-" + secrets.token_hex(8),
             FLOWER_PASSWORD="flower-" + secrets.token_hex(8),
+            # Not the default (everysec), so a test can tell the variable reached Redis; and the
+            # policy docs/choosing-a-broker.md recommends when tasks must not be lost.
+            REDIS_APPENDFSYNC="always",
             BROKERSTACK_IMAGE=TEST_IMAGE,
             # The app containers get this (empty) file instead of a developer's .env.
             BROKERSTACK_ENV_FILE=str(env_file),

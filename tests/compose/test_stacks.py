@@ -160,6 +160,8 @@ def test_config_validates_without_warnings(spec: StackSpec, docker_compose: None
     assert services["api"]["build"]["dockerfile"] == "deploy/Dockerfile"
     # Brokers pinned to the tags the issue names.
     assert services["redis"]["image"] == "redis:8"
+    # The fsync policy comes from REDIS_APPENDFSYNC, everysec unless set.
+    assert services["redis"]["command"][-2:] == ["--appendfsync", "everysec"]
     if spec.name == "rabbitmq":
         assert services["rabbitmq"]["image"] == "rabbitmq:4.0-management"
         assert services["rabbitmq"]["hostname"] == "rabbitmq"
@@ -287,6 +289,62 @@ def test_each_worker_consumes_only_its_queues(stack: ComposeStack, api: httpx.Cl
         assert {name.split("@")[0] for name in workers} == {"worker-high", "worker-default"}
         assert flower.get("/healthcheck").text == "OK"
         assert httpx.get(f"{flower.base_url}/api/workers").status_code == 401
+
+
+def test_flower_broker_page_shows_the_queue_lengths(stack: ComposeStack, api: httpx.Client) -> None:
+    """The runbook sends operators to Flower's Broker page: it must answer on both stacks (on Redis
+    it was a 404, "'redis' broker is not supported") and count every priority of a queue."""
+    priorities = (0, 5, 9)  # on Redis each is a list of its own; Flower's default steps miss 5
+    stack.compose("stop", "worker-high", timeout=120)
+    try:
+        task_ids = [enqueue(api, "noop", queue="high_priority", priority=p) for p in priorities]
+        with stack.flower() as flower:
+
+            def high_priority_length() -> int | None:
+                response = flower.get("/api/queues/length")
+                assert response.status_code == 200, response.text
+                lengths = {q["name"]: q["messages"] for q in response.json()["active_queues"]}
+                assert set(WORK_QUEUES) <= set(lengths), lengths
+                # (RabbitMQ's management statistics, which Flower reads there, lag by up to 5 s.)
+                return lengths["high_priority"] if lengths["high_priority"] >= len(priorities) else None
+
+            assert wait_for(high_priority_length, 30, "Flower to count the waiting tasks", interval=1) == len(
+                priorities
+            )
+            page = flower.get("/broker")
+            assert page.status_code == 200, page.text[:500]
+            assert all(f'<tr id="{queue}">' in page.text for queue in WORK_QUEUES)
+            assert stack.env["REDIS_PASSWORD"] not in page.text and stack.env["RABBITMQ_PASSWORD"] not in page.text
+    finally:
+        stack.compose("start", "worker-high", timeout=120)
+    wait_results(api, task_ids, timeout=120)
+    wait_for(stack.all_healthy, 180, "every service to be healthy again", interval=1)
+
+
+def test_redis_runs_the_configured_fsync_policy(stack: ComposeStack) -> None:
+    """REDIS_APPENDFSYNC from the environment (.env) reaches the running Redis (the stacks here
+    run with "always", not the default)."""
+    result = stack.compose("exec", "-T", "redis", "redis-cli", "--raw", "config", "get", "appendfsync")
+    assert result.stdout.split() == ["appendfsync", stack.env["REDIS_APPENDFSYNC"]]
+    assert stack.env["REDIS_APPENDFSYNC"] != "everysec"
+
+
+def test_a_wrong_fsync_policy_stops_redis_at_start(stack: ComposeStack) -> None:
+    env = stack.env | {"REDIS_APPENDFSYNC": "sometimes"}
+    result = stack.compose("run", "--rm", "--no-deps", "-T", "redis", check=False, timeout=120, env=env)
+    assert result.returncode != 0
+    assert "appendfsync" in result.stdout + result.stderr
+
+
+def test_task_data_needs_the_key(stack: ComposeStack, api: httpx.Client) -> None:
+    """With API_KEY set (as in production) no task data leaves the API without it."""
+    task_id = enqueue(api, "add", args=[1, 2])
+    wait_result(api, task_id)
+    for path in (f"/tasks/{task_id}", "/dlq"):
+        assert httpx.get(f"{api.base_url}{path}", timeout=15).status_code == 401, path
+    for path in ("/healthz", "/readyz", "/metrics", "/docs"):
+        assert httpx.get(f"{api.base_url}{path}", timeout=15).status_code == 200, path
+    assert api.get("/tasks/00000000-0000-0000-0000-000000000000").status_code == 404
 
 
 def test_a_failing_task_reaches_the_dlq_and_replays_once_fixed(stack: ComposeStack, api: httpx.Client) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from worker.brokers.rabbitmq.dead_letters import RabbitMQDeadLetterStore
+from worker.brokers.redis.dead_letters import RedisDeadLetterStore
 from worker.dead_letters import DeadLetterStore
-from worker.dead_letters.rabbitmq import RabbitMQDeadLetterStore
-from worker.dead_letters.redis import RedisDeadLetterStore
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Lab command modules that still live under services/cli/ and move under lab/ next; only

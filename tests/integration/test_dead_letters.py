@@ -199,12 +199,18 @@ def test_dead_letters_through_the_api_cli_and_metrics(settings, make_api, start_
     start_worker(settings)
     task_id = api.post("/tasks/fail", json={"args": ["via the api"]}, headers=OPERATOR).json()["task_id"]
     [listed] = wait_for(
-        lambda: [r for r in api.get("/dlq").json() if r["task_id"] == task_id], 30, "the API to list it", interval=0.2
+        lambda: [r for r in api.get("/dlq", headers=OPERATOR).json() if r["task_id"] == task_id],
+        30,
+        "the API to list it",
+        interval=0.2,
     )
     assert (listed["name"], listed["queue"], listed["reason"]) == ("worker.tasks.tools.fail", "default", "failed")
     assert listed["exception"] == "InjectedFailure: via the api"
-    assert "InjectedFailure" in api.get(f"/dlq/{task_id}").json()["traceback"]
-    assert api.get("/dlq/no-such-letter").status_code == 404
+    assert "InjectedFailure" in api.get(f"/dlq/{task_id}", headers=OPERATOR).json()["traceback"]
+    assert api.get("/dlq/no-such-letter", headers=OPERATOR).status_code == 404
+    # Dead letters carry other people's arguments and tracebacks: not without the key.
+    assert api.get("/dlq").status_code == 401
+    assert api.get(f"/dlq/{task_id}").status_code == 401
     metrics = api.get("/metrics").text
     assert f'brokerstack_dead_letters{{profile="{settings.broker_profile}"}}' in metrics
     assert f'brokerstack_queue_depth{{profile="{settings.broker_profile}",queue="default"}} 0' in metrics
@@ -223,7 +229,23 @@ def test_dead_letters_through_the_api_cli_and_metrics(settings, make_api, start_
     # Replay and purge are the operator's: the key is required.
     assert api.post("/dlq/replay", json={"ids": [task_id]}).status_code == 401
     assert api.delete("/dlq").status_code == 401
-    replayed = api.post("/dlq/replay", json={"ids": [task_id]}, headers=OPERATOR).json()
-    assert replayed["replayed"] == 1 and replayed["outcomes"][0]["id"] == task_id
+    # An id the store does not hold is said so, by both stores, and nothing is replayed.
+    unknown = api.post("/dlq/replay", json={"ids": ["no-such-letter"]}, headers=OPERATOR)
+    assert unknown.status_code == 404, unknown.text
+    replayed = api.post("/dlq/replay", json={"ids": [task_id]}, headers=OPERATOR)
+    assert replayed.status_code == 200, replayed.text
+    replayed_body = replayed.json()
+    assert replayed_body["replayed"] == 1 and replayed_body["outcomes"][0]["id"] == task_id
+    # The replayed task is the API's own now: it polls (and finishes) like any other.
+    new_id = replayed_body["outcomes"][0]["task_id"]
+    final = wait_for(
+        lambda: (
+            (r := api.get(f"/tasks/{new_id}", headers=OPERATOR).json()).get("state") in ("SUCCESS", "FAILURE") and r
+        ),
+        30,
+        "the replayed task to finish",
+        interval=0.2,
+    )
+    assert final["state"] == "FAILURE"  # it fails again (the fault is not fixed): the point is it ran
     assert api.post("/dlq/replay", json={"ids": [task_id], "all": True}, headers=OPERATOR).status_code == 422
     assert api.delete("/dlq", headers=OPERATOR).status_code == 200

@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from tests.helpers import enqueue, run_task, wait_for, wait_for_task
+from worker.backends import redis_client
 from worker.celery_app import create_celery
 from worker.inspection import queue_depths
 from worker.outbox import Outbox
@@ -209,3 +210,20 @@ def test_late_acks_let_the_next_task_in_at_once(settings, start_worker, pool):
     # Well under a second of work; with the late acks held back it takes minutes.
     wait_for(lambda: queue_depths(producer)["default"] == 0, 15, f"{backlog} no-op tasks to be taken", interval=0.1)
     producer.close()
+
+
+def test_the_api_tells_unknown_ids_from_pending_ones(api, settings):
+    """Every id the API hands out is recorded beside the results for RESULT_EXPIRES: it polls as
+    PENDING while it waits (no worker here); an id nobody published is 404, for GET and DELETE."""
+    task_id = enqueue(api, "add", args=[1, 2], countdown=60)
+    assert api.get(f"/tasks/{task_id}").json()["state"] == "PENDING"
+    results = redis_client(settings.result_backend, settings)
+    try:
+        ttl = results.ttl(f"celery-task-meta-{task_id}/published")
+    finally:
+        results.close()
+    assert settings.result_expires - 10 <= ttl <= settings.result_expires
+    unknown = str(uuid.uuid4())
+    assert api.get(f"/tasks/{unknown}").status_code == 404
+    assert api.delete(f"/tasks/{unknown}").status_code == 404
+    assert api.delete(f"/tasks/{task_id}").status_code == 202

@@ -314,3 +314,27 @@ def test_production_finds_development_passwords_in_any_sentinel_url():
     load_settings(
         environment="production", api_key="real-key", redis_url="sentinel://:s3cret@s1:26379;sentinel://:s3cret@s2:1"
     )
+
+
+def test_production_names_every_development_credential_at_once():
+    """Issue 11, 6: one attempt per credential made operators restart a stack once per variable."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(
+            environment="production",
+            broker_profile="rabbitmq",
+            rabbitmq_url="amqp://brokerstack:brokerstack-dev@mq:5672/x",
+            redis_url="redis://:brokerstack-dev@redis:6379/0",
+            api_key="brokerstack-dev-key",
+        )
+    message = str(refused.value)
+    for variable in ("RABBITMQ_URL", "REDIS_URL", "API_KEY"):
+        assert f"development credentials in {variable}" in message or f"development {variable}" in message
+    assert "\n" not in message
+
+
+def test_a_read_key_needs_an_api_key_of_its_own():
+    with pytest.raises(ConfigError, match="API_READ_KEY needs API_KEY"):
+        load_settings(api_read_key="reader")
+    with pytest.raises(ConfigError, match="must differ"):
+        load_settings(api_key="same-key", api_read_key="same-key")
+    assert load_settings(api_key="writer", api_read_key="reader").api_read_key is not None

@@ -5,8 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from celery import Celery
 from kombu import Queue
 
+from worker.dead_letters.base import DeadLetterStore
 from worker.settings import Settings
 
 
@@ -31,6 +33,10 @@ class BrokerProfile(ABC):
     @abstractmethod
     def queue_arguments(self, queue: str) -> dict[str, Any]:
         """Broker-side arguments of a work queue (durability, priority, dead-lettering)."""
+
+    @abstractmethod
+    def dead_letter_store(self, app: Celery) -> DeadLetterStore:
+        """Where this broker's dead letters are kept and read (``brokerstack dlq``, ``/dlq``)."""
 
     def dead_letter_queues(self) -> list[Queue]:
         """Queues that receive dead letters natively; empty where the broker has none."""

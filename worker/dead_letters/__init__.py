@@ -1,7 +1,8 @@
 """Dead letters: one record shape and one operator experience on both brokers.
 
 RabbitMQ dead-letters natively (DLX, ``x-death``); on Redis the worker's hooks capture the same
-outcomes into a store in the broker's Redis. ``store_for(app)`` gives the right store.
+outcomes into a store in the broker's Redis. Each store lives with its broker
+(``worker/brokers/<broker>/dead_letters.py``); ``store_for(app)`` gives the right one.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from worker.dead_letters.record import REASONS, DeadLetter, RawMessage
 
 
 def store_for(app: Celery) -> DeadLetterStore:
-    if app.brokerstack_settings.broker_profile == "rabbitmq":
-        from worker.dead_letters.rabbitmq import RabbitMQDeadLetterStore
+    """The store of the broker ``app`` is configured for (``worker.brokers.store_for``: imported
+    here when called, since the brokers' stores build on this package)."""
+    from worker.brokers import store_for as broker_store_for
 
-        return RabbitMQDeadLetterStore(app)
-    from worker.dead_letters.redis import RedisDeadLetterStore
-
-    return RedisDeadLetterStore(app)
+    return broker_store_for(app)
 
 
 __all__ = ["REASONS", "DeadLetter", "DeadLetterStore", "RawMessage", "ReplayOutcome", "store_for"]

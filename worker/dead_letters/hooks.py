@@ -18,7 +18,7 @@ from typing import Any
 from celery.exceptions import Reject, TimeLimitExceeded
 from celery.signals import task_failure, task_revoked, worker_ready
 
-from worker.dead_letters import store_for
+from worker.brokers import store_for
 from worker.dead_letters.base import REPLAY_OF_HEADER, REPLAYS_HEADER, DeadLetterStore, default_queue_for, digest_id
 from worker.dead_letters.record import DeadLetter, RawMessage, now_iso
 

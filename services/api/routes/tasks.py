@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 
 from services.api.catalog import TaskCatalog, publish_options
-from services.api.dependencies import get_catalog, get_producer, require_api_key
+from services.api.dependencies import get_catalog, get_producer, get_published, require_api_key, require_read_key
 from services.api.errors import InvalidArguments
 from services.api.producer import Producer
+from services.api.published import PublishedTasks, publish_recorded
 from services.api.schemas import (
     TASK_ID_PATTERN,
     ErrorBody,
@@ -25,6 +27,15 @@ TaskId = Annotated[str, Path(pattern=TASK_ID_PATTERN)]
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "broker or result backend unreachable"}
 }
+UNKNOWN_TASK: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no such task: never published by this API and no result (or expired)"}
+}
+#: Reads of task data: the key (API_KEY or API_READ_KEY) once one is set.
+GUARDED_READ: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody, "description": "missing or wrong X-API-Key"}}
+GUARDED_WRITE: dict[int | str, dict[str, Any]] = {
+    **GUARDED_READ,
+    403: {"model": ErrorBody, "description": "API_READ_KEY sent: this endpoint needs API_KEY"},
+}
 
 
 @router.get("", summary="The tasks that can be enqueued, with their parameters")
@@ -36,7 +47,7 @@ def list_tasks(catalog: TaskCatalog = Depends(get_catalog)) -> dict[str, list[di
     "/{name}",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Depends(require_api_key)],
-    responses={404: {"model": ErrorBody}, **UNAVAILABLE},
+    responses={404: {"model": ErrorBody}, **GUARDED_WRITE, **UNAVAILABLE},
 )
 async def enqueue_task(
     name: Annotated[str, Path(max_length=100)],
@@ -44,6 +55,7 @@ async def enqueue_task(
     call: TaskCall | None = None,
     catalog: TaskCatalog = Depends(get_catalog),
     producer: Producer = Depends(get_producer),
+    published: PublishedTasks = Depends(get_published),
 ) -> TaskAccepted:
     if name not in catalog:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown task {name!r}; GET /tasks lists them")
@@ -51,31 +63,58 @@ async def enqueue_task(
     if problems := catalog.check_call(name, call):
         raise InvalidArguments(problems)
     task = catalog.task(name)
-    result = await producer.publish(lambda: task.apply_async(call.args, call.kwargs, **publish_options(call)))
-    response.headers["Location"] = f"/tasks/{result.id}"
-    return TaskAccepted(task_id=result.id, status_url=f"/tasks/{result.id}")
+    task_id = str(uuid.uuid4())  # chosen here so it is recorded while the message is published
+    await publish_recorded(
+        producer,
+        published,
+        [task_id],
+        lambda: task.apply_async(call.args, call.kwargs, task_id=task_id, **publish_options(call)),
+    )
+    response.headers["Location"] = f"/tasks/{task_id}"
+    return TaskAccepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
 
-@router.get("/{task_id}", responses=UNAVAILABLE)
-async def task_status(task_id: TaskId, producer: Producer = Depends(get_producer)) -> TaskStatus:
-    return await producer.read(lambda: read_status(producer, task_id))
+@router.get(
+    "/{task_id}",
+    dependencies=[Depends(require_read_key)],
+    responses={**UNKNOWN_TASK, **GUARDED_READ, **UNAVAILABLE},
+)
+async def task_status(
+    task_id: TaskId, producer: Producer = Depends(get_producer), published: PublishedTasks = Depends(get_published)
+) -> TaskStatus:
+    return await producer.read(lambda: read_known_status(producer, published, task_id))
 
 
 @router.delete(
     "/{task_id}",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Depends(require_api_key)],
-    responses=UNAVAILABLE,
+    responses={**UNKNOWN_TASK, **GUARDED_WRITE, **UNAVAILABLE},
 )
 async def revoke_task(
     task_id: TaskId,
     terminate: Annotated[bool, Query(description="also kill it if it is already running")] = False,
     producer: Producer = Depends(get_producer),
+    published: PublishedTasks = Depends(get_published),
 ) -> RevokeAccepted:
+    # An unknown id would be "revoked" all the same (workers keep a list of revoked ids): say so.
+    await producer.read(lambda: read_known_status(producer, published, task_id))
     # Revoking is a broadcast to the workers: a waiting (countdown/eta) or queued task is dropped
     # when a worker sees it; ``terminate`` also signals a running one.
     await producer.publish(lambda: producer.celery.control.revoke(task_id, terminate=terminate))
     return RevokeAccepted(task_id=task_id, terminate=terminate)
+
+
+def read_known_status(producer: Producer, published: PublishedTasks, task_id: str) -> TaskStatus:
+    """``read_status``, or 404 for an id nobody published through this API and that has no result
+    (blocking: run it via producer.read)."""
+    status_ = read_status(producer, task_id)
+    if status_.state == "PENDING" and not published.is_recorded(task_id):
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"no task {task_id!r}: not published through this API (or its record expired) and no result",
+        )
+    return status_
 
 
 def read_status(producer: Producer, task_id: str) -> TaskStatus:

@@ -8,9 +8,10 @@ import uuid
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 
 from services.api.catalog import TaskCatalog
-from services.api.dependencies import get_catalog, get_producer, require_api_key
+from services.api.dependencies import get_catalog, get_producer, get_published, require_api_key
 from services.api.producer import Producer
-from services.api.routes.tasks import UNAVAILABLE
+from services.api.published import PublishedTasks, publish_recorded
+from services.api.routes.tasks import GUARDED_WRITE, UNAVAILABLE
 from services.api.schemas import SignupAccepted, SignupRequest
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -40,13 +41,14 @@ class UserRepository:
     "/signup",
     status_code=status.HTTP_201_CREATED,
     dependencies=[Depends(require_api_key)],
-    responses={409: {"description": "e-mail already registered"}, **UNAVAILABLE},
+    responses={409: {"description": "e-mail already registered"}, **GUARDED_WRITE, **UNAVAILABLE},
 )
 async def signup(
     body: SignupRequest,
     request: Request,
     catalog: TaskCatalog = Depends(get_catalog),
     producer: Producer = Depends(get_producer),
+    published: PublishedTasks = Depends(get_published),
 ) -> SignupAccepted:
     users: UserRepository = request.app.state.users
     email = body.email.lower()
@@ -54,14 +56,15 @@ async def signup(
     if user_id is None:
         raise HTTPException(status.HTTP_409_CONFLICT, detail="this e-mail is already registered")
 
-    def hand_off() -> dict[str, str]:
+    tasks = {"send_welcome_email": str(uuid.uuid4()), "notify_admin_new_signup": str(uuid.uuid4())}
+
+    def hand_off() -> None:
         # 2. fire and forget: the response does not wait for the e-mail or the notification
-        welcome = catalog.task("send_welcome_email").delay(user_id, email)
-        notify = catalog.task("notify_admin_new_signup").delay(user_id)
-        return {"send_welcome_email": welcome.id, "notify_admin_new_signup": notify.id}
+        catalog.task("send_welcome_email").apply_async((user_id, email), task_id=tasks["send_welcome_email"])
+        catalog.task("notify_admin_new_signup").apply_async((user_id,), task_id=tasks["notify_admin_new_signup"])
 
     try:
-        tasks = await producer.publish(hand_off)
+        await publish_recorded(producer, published, list(tasks.values()), hand_off)
     except Exception:
         # Without its welcome e-mail the signup is incomplete: undo it so the client can retry.
         users.delete(email)

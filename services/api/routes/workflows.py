@@ -8,10 +8,11 @@ from celery import chain, chord, group
 from fastapi import APIRouter, Depends, HTTPException, Path, status
 
 from services.api.catalog import TaskCatalog
-from services.api.dependencies import get_catalog, get_producer, require_api_key
+from services.api.dependencies import get_catalog, get_producer, get_published, require_api_key, require_read_key
 from services.api.errors import InvalidArguments
 from services.api.producer import Producer
-from services.api.routes.tasks import UNAVAILABLE, read_status
+from services.api.published import PublishedTasks, publish_recorded
+from services.api.routes.tasks import GUARDED_READ, GUARDED_WRITE, UNAVAILABLE, read_status
 from services.api.schemas import (
     TASK_ID_PATTERN,
     ChainRequest,
@@ -46,39 +47,52 @@ def _task_ids(result: Any) -> list[str]:
     return ids
 
 
-@router.post("/chain", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED)
+@router.post("/chain", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED, responses=GUARDED_WRITE)
 async def start_chain(
-    request: ChainRequest, catalog: TaskCatalog = Depends(get_catalog), producer: Producer = Depends(get_producer)
+    request: ChainRequest,
+    catalog: TaskCatalog = Depends(get_catalog),
+    producer: Producer = Depends(get_producer),
+    published: PublishedTasks = Depends(get_published),
 ) -> WorkflowAccepted:
     if problems := catalog.check_steps(request.tasks, loc="tasks", receives_previous=True):
         raise InvalidArguments(problems)
     workflow = chain(*(catalog.signature(step, **_options(request)) for step in request.tasks))
-    result = await producer.publish(workflow.apply_async)
-    return WorkflowAccepted(task_id=result.id, status_url=f"/tasks/{result.id}", task_ids=_task_ids(result))
+    # Freezing assigns every step's id now (apply_async keeps them), so all are recorded while it
+    # is published: later steps are sent by workers, under these ids.
+    frozen = workflow.freeze()
+    task_ids = _task_ids(frozen)
+    await publish_recorded(producer, published, task_ids, workflow.apply_async)
+    return WorkflowAccepted(task_id=frozen.id, status_url=f"/tasks/{frozen.id}", task_ids=task_ids)
 
 
-@router.post("/group", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED)
+@router.post("/group", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED, responses=GUARDED_WRITE)
 async def start_group(
-    request: GroupRequest, catalog: TaskCatalog = Depends(get_catalog), producer: Producer = Depends(get_producer)
+    request: GroupRequest,
+    catalog: TaskCatalog = Depends(get_catalog),
+    producer: Producer = Depends(get_producer),
+    published: PublishedTasks = Depends(get_published),
 ) -> GroupAccepted:
     if problems := catalog.check_steps(request.tasks, loc="tasks", receives_previous=False):
         raise InvalidArguments(problems)
     workflow = group(catalog.signature(step, **_options(request)) for step in request.tasks)
+    frozen = workflow.freeze()
+    task_ids = [child.id for child in frozen.results]
 
     def publish_and_save() -> Any:
         result = workflow.apply_async()
         result.save()  # so GET /workflows/<id> can find its members later
         return result
 
-    result = await producer.publish(publish_and_save)
-    return GroupAccepted(
-        group_id=result.id, status_url=f"/workflows/{result.id}", task_ids=[child.id for child in result.results]
-    )
+    await publish_recorded(producer, published, task_ids, publish_and_save)
+    return GroupAccepted(group_id=frozen.id, status_url=f"/workflows/{frozen.id}", task_ids=task_ids)
 
 
-@router.post("/chord", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED)
+@router.post("/chord", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED, responses=GUARDED_WRITE)
 async def start_chord(
-    request: ChordRequest, catalog: TaskCatalog = Depends(get_catalog), producer: Producer = Depends(get_producer)
+    request: ChordRequest,
+    catalog: TaskCatalog = Depends(get_catalog),
+    producer: Producer = Depends(get_producer),
+    published: PublishedTasks = Depends(get_published),
 ) -> WorkflowAccepted:
     problems = catalog.check_steps(request.header, loc="header", receives_previous=False)
     problems += catalog.check_steps([request.callback], loc="callback", receives_previous=True)
@@ -88,11 +102,13 @@ async def start_chord(
     workflow = chord(
         [catalog.signature(step, **options) for step in request.header], catalog.signature(request.callback, **options)
     )
-    result = await producer.publish(workflow.apply_async)
-    return WorkflowAccepted(task_id=result.id, status_url=f"/tasks/{result.id}", task_ids=_task_ids(result))
+    frozen = workflow.freeze()
+    task_ids = _task_ids(frozen)
+    await publish_recorded(producer, published, task_ids, workflow.apply_async)
+    return WorkflowAccepted(task_id=frozen.id, status_url=f"/tasks/{frozen.id}", task_ids=task_ids)
 
 
-@router.get("/{group_id}")
+@router.get("/{group_id}", dependencies=[Depends(require_read_key)], responses=GUARDED_READ)
 async def group_status(
     group_id: Annotated[str, Path(pattern=TASK_ID_PATTERN)], producer: Producer = Depends(get_producer)
 ) -> GroupStatus:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Celery
+
 from worker.brokers.base import BrokerProfile
+from worker.brokers.redis.dead_letters import RedisDeadLetterStore
 from worker.brokers.redis.transport import PRIORITY_STEPS, SENTINEL_TRANSPORT_PATH, TRANSPORT_PATH
 from worker.settings import SENTINEL_SCHEME, redis_scheme
 
@@ -43,6 +46,9 @@ class RedisProfile(BrokerProfile):
             options["master_name"] = self.settings.redis_sentinel_master
             options["sentinel_kwargs"] = self.settings.redis_sentinel_kwargs(socket_timeout)
         return options
+
+    def dead_letter_store(self, app: Celery) -> RedisDeadLetterStore:
+        return RedisDeadLetterStore(app)
 
     def queue_arguments(self, queue: str) -> dict[str, Any]:
         # Redis lists have no server-side arguments; priority comes from PRIORITY_STEPS.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Celery
 from kombu import Exchange, Queue, binding
 
 from worker.brokers.base import BrokerProfile
+from worker.brokers.rabbitmq.dead_letters import RabbitMQDeadLetterStore
 from worker.topology import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
@@ -29,6 +31,9 @@ class RabbitMQProfile(BrokerProfile):
 
     def transport_options(self) -> dict[str, Any]:
         return {"confirm_publish": self.settings.rabbitmq_confirm_publish}
+
+    def dead_letter_store(self, app: Celery) -> RabbitMQDeadLetterStore:
+        return RabbitMQDeadLetterStore(app)
 
     def queue_arguments(self, queue: str) -> dict[str, Any]:
         arguments = {
