@@ -1,4 +1,4 @@
-"""brokerstack's Celery consumer (``worker_consumer``): Celery's, with two changes.
+"""brokerstack's Celery consumer (``worker_consumer``): Celery's, with these changes.
 
 * Poison is recorded *before* the message is let go (worker.dead_letters): on RabbitMQ the dead
   letter is visible the moment it is rejected and should already carry its reason; on Redis the
@@ -11,7 +11,11 @@
   with the next timer's timeout before running what it queued: with ``task_acks_late`` and prefetch
   1 the broker waits for that ack to send the next message, so every task waited up to two seconds
   (measured: 2 tasks/s instead of over 1,000 on RabbitMQ, solo pool). Acks from other threads
-  (the threads pool) still go through ``call_soon``, which wakes the loop.
+  (the threads pool) still go through ``call_soon``, which wakes the loop. Green pools (gevent,
+  eventlet) run no hub: Celery's own ``call_soon_ack`` acks at once from the task's greenlet while
+  the loop's greenlet waits on the consumer connection, so a transport must take acks from any
+  greenlet without writing to that connection (py-amqp serialises frame writes with a lock that
+  gevent patches; kombu's Redis transport acks over a pooled connection).
 """
 
 from __future__ import annotations
@@ -47,12 +51,12 @@ class BrokerstackConsumer(Consumer):
             return super().call_soon_ack(p, *args, **kwargs)
         try:
             p(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - as Celery's own call_soon_ack: logged, the loop goes on
+        except Exception as exc:  # as Celery's own call_soon_ack: logged, the loop goes on
             logger.exception("acknowledging a message failed: %r", exc)
         return p
 
     def ensure_connected(self, conn: Connection) -> Connection:
-        conn.ensure_connection = functools.partial(
+        conn.ensure_connection = functools.partial(  # type: ignore[method-assign]  # the retry pace, per connection
             conn.ensure_connection,
             interval_start=RECONNECT_INTERVAL_START,
             interval_step=RECONNECT_INTERVAL_STEP,

@@ -16,6 +16,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BrokerProfileName = Literal["redis", "rabbitmq"]
+#: The setting that holds each profile's broker URL (worker.brokers registers the profiles).
+BROKER_URL_SETTINGS: dict[str, str] = {"redis": "redis_url", "rabbitmq": "rabbitmq_url"}
 QueueType = Literal["classic", "quorum"]
 #: Which kombu transport carries Celery's messages on Redis: brokerstack's (worker.brokers.redis)
 #: or kombu's stock one, so every claim about the former is measured against the latter.
@@ -209,10 +211,8 @@ class Settings(BaseSettings):
     def _broker_urls_in_use(self) -> list[tuple[str, str]]:
         """(env name, one URL) for every URL in use; ';'-separated lists (RabbitMQ failover,
         several sentinels) count URL by URL, so a development password in any of them is found."""
-        if self.broker_profile == "redis":
-            urls = [("REDIS_URL", part) for part in url_parts(self.redis_url)]
-        else:
-            urls = [("RABBITMQ_URL", part) for part in url_parts(self.rabbitmq_url)]
+        field = BROKER_URL_SETTINGS[self.broker_profile]
+        urls = [(field.upper(), part) for part in url_parts(getattr(self, field))]
         if self.result_backend_url:
             backend = [("RESULT_BACKEND_URL", part) for part in url_parts(self.result_backend_url)]
         else:
@@ -232,7 +232,7 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        return self.redis_url if self.broker_profile == "redis" else self.rabbitmq_url
+        return str(getattr(self, BROKER_URL_SETTINGS[self.broker_profile]))
 
     @property
     def result_backend(self) -> str:
@@ -261,14 +261,6 @@ class Settings(BaseSettings):
         if self.redis_sentinel_password is not None:
             kwargs["password"] = self.redis_sentinel_password.get_secret_value()
         return kwargs
-
-    @property
-    def max_eta_seconds(self) -> int:
-        """The longest countdown/ETA the broker can hold without running the task twice or
-        having its channel closed (see the two settings it comes from)."""
-        if self.broker_profile == "redis":
-            return self.redis_visibility_timeout
-        return self.rabbitmq_consumer_timeout
 
 
 def url_parts(value: str) -> list[str]:

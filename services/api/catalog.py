@@ -9,6 +9,7 @@ from celery import Celery, Task
 
 from services.api.schemas import TaskCall, WorkflowStep
 from services.api.task_arguments import ArgumentProblem, TaskSignature
+from worker.brokers import profile_for
 from worker.settings import Settings
 from worker.tasks import EXPOSED_TASKS
 
@@ -41,17 +42,13 @@ class TaskCatalog:
     def check_call(self, short_name: str, call: TaskCall) -> list[ArgumentProblem]:
         problems = self._signatures[short_name].check(call.args, call.kwargs)
         delay = _delay_seconds(call)
-        if delay is not None and delay > self.settings.max_eta_seconds:
-            reason = (
-                "REDIS_VISIBILITY_TIMEOUT: a longer wait would be redelivered and run twice"
-                if self.settings.broker_profile == "redis"
-                else "RABBITMQ_CONSUMER_TIMEOUT: RabbitMQ would close the channel holding it"
-            )
+        longest, reason = profile_for(self.settings).max_delay
+        if delay is not None and delay > longest:
             field = "countdown" if call.countdown is not None else "eta"
             problems.append(
                 ArgumentProblem(
                     ("body", field),
-                    f"delay of {delay:.0f} s exceeds {self.settings.max_eta_seconds} s ({reason}); "
+                    f"delay of {delay:.0f} s exceeds {longest} s ({reason}); "
                     "schedule long delays with beat or a database instead",
                 )
             )

@@ -34,6 +34,16 @@ class BrokerProfile(ABC):
     def queue_arguments(self, queue: str) -> dict[str, Any]:
         """Broker-side arguments of a work queue (durability, priority, dead-lettering)."""
 
+    @property
+    @abstractmethod
+    def max_delay(self) -> tuple[int, str]:
+        """The longest countdown/ETA this broker holds without running the task twice or dropping
+        it (seconds), and the setting that bounds it with why."""
+
+    def health_fields(self) -> dict[str, Any]:
+        """What /readyz reports about this broker besides reachability."""
+        return {"queue_type": None}
+
     @abstractmethod
     def dead_letter_store(self, app: Celery) -> DeadLetterStore:
         """Where this broker's dead letters are kept and read (``brokerstack dlq``, ``/dlq``)."""

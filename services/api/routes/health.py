@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from services.api.dependencies import get_producer, get_settings
 from services.api.producer import Producer, ServiceUnavailable
+from worker.brokers import profile_for
 from worker.settings import Settings
 
 router = APIRouter(tags=["health"])
@@ -31,7 +32,7 @@ async def readyz(
     body = {
         "status": "ready" if ready else "unavailable",
         "profile": settings.broker_profile,
-        "queue_type": settings.rabbitmq_queue_type if settings.broker_profile == "rabbitmq" else None,
+        **profile_for(settings).health_fields(),
         "broker": broker,
         "result_backend": backend,
     }

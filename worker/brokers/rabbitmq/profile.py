@@ -32,6 +32,17 @@ class RabbitMQProfile(BrokerProfile):
     def transport_options(self) -> dict[str, Any]:
         return {"confirm_publish": self.settings.rabbitmq_confirm_publish}
 
+    @property
+    def max_delay(self) -> tuple[int, str]:
+        # With acks_late a waiting task is an unacked delivery, which consumer_timeout bounds.
+        return (
+            self.settings.rabbitmq_consumer_timeout,
+            "RABBITMQ_CONSUMER_TIMEOUT: RabbitMQ would close the channel holding it",
+        )
+
+    def health_fields(self) -> dict[str, Any]:
+        return {"queue_type": self.settings.rabbitmq_queue_type}
+
     def dead_letter_store(self, app: Celery) -> RabbitMQDeadLetterStore:
         return RabbitMQDeadLetterStore(app)
 

@@ -47,6 +47,14 @@ class RedisProfile(BrokerProfile):
             options["sentinel_kwargs"] = self.settings.redis_sentinel_kwargs(socket_timeout)
         return options
 
+    @property
+    def max_delay(self) -> tuple[int, str]:
+        # With acks_late a waiting task is unacked; past the visibility timeout another worker gets it.
+        return (
+            self.settings.redis_visibility_timeout,
+            "REDIS_VISIBILITY_TIMEOUT: a longer wait would be redelivered and run twice",
+        )
+
     def dead_letter_store(self, app: Celery) -> RedisDeadLetterStore:
         return RedisDeadLetterStore(app)
 
