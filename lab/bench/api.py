@@ -19,11 +19,22 @@ from lab.nodes import proctree
 LOAD_GENERATOR = "lab.bench.loadgen (python asyncio, closed loop, keep-alive HTTP/1.1, one process)"
 
 
-def run_load(url: str, *, concurrency: int, duration: float, warmup: float, api_key: str | None = None,
-             timeout: float = 60.0) -> dict[str, Any]:
+def run_load(
+    url: str, *, concurrency: int, duration: float, warmup: float, api_key: str | None = None, timeout: float = 60.0
+) -> dict[str, Any]:
     """One load-generator process against ``url``; its JSON result."""
-    argv = [sys.executable, "-m", "lab.bench.loadgen", url, "--concurrency", str(concurrency),
-            "--duration", str(duration), "--warmup", str(warmup)]
+    argv = [
+        sys.executable,
+        "-m",
+        "lab.bench.loadgen",
+        url,
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+    ]
     if api_key:
         argv += ["--header", f"X-API-Key: {api_key}"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + warmup + timeout)
@@ -32,12 +43,14 @@ def run_load(url: str, *, concurrency: int, duration: float, warmup: float, api_
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measured_level(api_url: str, api_pid: int | None, *, concurrency: int, duration: float, warmup: float,
-                   api_key: str | None = None) -> dict[str, Any]:
+def measured_level(
+    api_url: str, api_pid: int | None, *, concurrency: int, duration: float, warmup: float, api_key: str | None = None
+) -> dict[str, Any]:
     """One concurrency level, with the API process tree's CPU time per request."""
     before = proctree.tree_usage(api_pid) if api_pid else None
-    result = run_load(api_url + "/tasks/noop", concurrency=concurrency, duration=duration, warmup=warmup,
-                      api_key=api_key)
+    result = run_load(
+        api_url + "/tasks/noop", concurrency=concurrency, duration=duration, warmup=warmup, api_key=api_key
+    )
     after = proctree.tree_usage(api_pid) if api_pid else None
     if before and after and result.get("requests"):
         # Warm-up requests were served too: spread the CPU over everything sent in the window.

@@ -1,6 +1,7 @@
 """brokerstack end to end: real ``celery worker`` processes, brokerstack's own configuration.
 
-Per pool two phases, each with a worker process of its own:
+Per pool (and on Redis per transport, brokerstack's and kombu's, alternated) two phases, each
+worker process started afresh:
 
 * **backlog** (throughput), twice: ``tasks`` noop tasks are published through a producer-only
   Celery app (one thread, ``apply_async``: the enqueue rate and the per-call enqueue latency),
@@ -8,7 +9,8 @@ Per pool two phases, each with a worker process of its own:
   consume rate. First fire-and-forget (``ignore_result``) with a throughput prefetch, as the raw
   ceiling stores no results either; then with brokerstack's defaults (prefetch 1, STARTED and
   SUCCESS written to the result backend), which is the price of tracking every task. No
-  execution ledger here: it would add two Redis writes per task to what is measured.
+  execution ledger here: it would add two Redis writes per task to what is measured. Each drain
+  is repeated (``repeats``): the rates recorded are medians with their range.
 * **steady** (latency): a worker with the execution ledger on (``LEDGER_URL``: it records each
   task's start and finish with wall-clock time) gets noop tasks at a steady ``rate``; the producer
   notes each task's enqueue time, so enqueue->start and enqueue->finish are per-task latencies.
@@ -60,10 +62,15 @@ class QueueDepth:
             import redis
 
             from lab.chaos.stack import REDIS_UNACKED_KEY
+            from worker.brokers import redis as redis_broker
 
             self._client = redis.Redis.from_url(url, socket_timeout=10)
             self._keys = redis_queue_keys(queue)
             self._unacked = REDIS_UNACKED_KEY
+            # Rings left by one run would wake the next run's idle consumer for nothing (a
+            # transport without doorbells has none to clear).
+            ring = getattr(redis_broker, "doorbell_key", None)
+            self._extra = [ring(queue)] if ring else []
         else:
             from kombu import Connection
 
@@ -82,7 +89,7 @@ class QueueDepth:
 
     def purge(self) -> None:
         if self.broker == "redis":
-            self._client.delete(*self._keys, self._unacked, "unacked_index")
+            self._client.delete(*self._keys, self._unacked, "unacked_index", *self._extra)
         else:
             self._channel.queue_purge(self.queue)
 
@@ -106,7 +113,7 @@ def capture_message(app: Any, broker: str, url: str, queue: str = DEFAULT_QUEUE)
     if broker == "redis":
         import redis
 
-        client = redis.Redis.from_url(url)
+        client: Any = redis.Redis.from_url(url)  # sync: redis-py types replies as sync|async
         try:
             for key in redis_queue_keys(queue):
                 payload = client.rpop(key)
@@ -154,9 +161,14 @@ def publish_backlog(app: Any, count: int, tick: Tick | None = None, *, ignore_re
     return {**rate(count, elapsed), "producer_threads": 1, "call_latency_ms": latency_ms(durations)}
 
 
-def drain(depth: QueueDepth, count: int, timeout: float, tick: Tick | None = None,
-          probes: Callable[[], dict[str, Any]] | None = None, max_seconds: float | None = None,
-          ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+def drain(
+    depth: QueueDepth,
+    count: int,
+    timeout: float,
+    tick: Tick | None = None,
+    probes: Callable[[], dict[str, Any]] | None = None,
+    max_seconds: float | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
     """Wait until the queue holding ``count`` messages is empty; the rate counts from the first
     message taken. ``probes()`` (resource samples) is read at the first drop and at the end, and
     returned with the result. A slow consumer is measured for at most ``max_seconds`` after its
@@ -187,8 +199,11 @@ def drain(depth: QueueDepth, count: int, timeout: float, tick: Tick | None = Non
     assert first is not None
     first_at, first_left = first
     # Exactly what was observed: first_left - left messages left the queue between the two looks.
-    out = {**rate(first_left - left, max(end - first_at, 1e-6)), "startup_s": round(first_at - waited_from, 3),
-           "truncated": left > 0}
+    out = {
+        **rate(first_left - left, max(end - first_at, 1e-6)),
+        "startup_s": round(first_at - waited_from, 3),
+        "truncated": left > 0,
+    }
     return out, at_first, at_end
 
 

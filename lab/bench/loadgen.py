@@ -105,8 +105,16 @@ class Client:
         await self._close()
 
 
-async def run(url: str, body: bytes, concurrency: int, duration: float, warmup: float, timeout: float,
-              headers: list[str], expect: int) -> dict:
+async def run(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    timeout: float,
+    headers: list[str],
+    expect: int,
+) -> dict:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -146,8 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.duration <= 0:
         parser.error("concurrency must be >= 1 and duration > 0")
-    out = asyncio.run(run(args.url, args.body.encode(), args.concurrency, args.duration, args.warmup,
-                          args.timeout, args.header, args.expect))
+    out = asyncio.run(
+        run(
+            args.url,
+            args.body.encode(),
+            args.concurrency,
+            args.duration,
+            args.warmup,
+            args.timeout,
+            args.header,
+            args.expect,
+        )
+    )
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -76,10 +76,12 @@ class CapturedMessage:
 # --- Redis -------------------------------------------------------------------------------------------
 
 
-def redis_raw(url: str, message: CapturedMessage, count: int, *, batch: int = 100, tick: Tick | None = None) -> dict[str, Any]:
+def redis_raw(
+    url: str, message: CapturedMessage, count: int, *, batch: int = 100, tick: Tick | None = None
+) -> dict[str, Any]:
     import redis
 
-    client = redis.Redis.from_url(url, socket_timeout=30)
+    client: Any = redis.Redis.from_url(url, socket_timeout=30)  # sync: redis-py types replies as sync|async
     payload = message.payload
     key = RAW_REDIS_KEY
     out: dict[str, Any] = {"client": "redis-py", "message_bytes": message.size, "batch": batch}
@@ -178,12 +180,14 @@ def amqp_raw(
         try:
             tick("amqp publish (no confirms)")
             out["publish"] = _kombu_publish(conn, exchange, message, publish_kwargs, count, confirm=False)
-            tick("amqp consume, prefetch %d" % prefetch)
+            tick(f"amqp consume, prefetch {prefetch}")
             out["consume"] = _kombu_consume(conn, queue, count, prefetch)
 
             tick("amqp publish, a confirm per message")
             with Connection(url, transport_options={"confirm_publish": True}) as confirming:
-                out["publish_confirm"] = _kombu_publish(confirming, exchange, message, publish_kwargs, count, confirm=True)
+                out["publish_confirm"] = _kombu_publish(
+                    confirming, exchange, message, publish_kwargs, count, confirm=True
+                )
             tick("amqp consume, prefetch 1")
             out["consume_prefetch1"] = _kombu_consume(conn, queue, count, 1)
 
@@ -212,8 +216,9 @@ def _publish_kwargs(message: CapturedMessage) -> dict[str, Any]:
     }
 
 
-def _kombu_publish(conn: Any, exchange: Any, message: CapturedMessage, kwargs: dict[str, Any], count: int,
-                   *, confirm: bool) -> dict[str, Any]:
+def _kombu_publish(
+    conn: Any, exchange: Any, message: CapturedMessage, kwargs: dict[str, Any], count: int, *, confirm: bool
+) -> dict[str, Any]:
     from kombu import Producer
 
     producer = Producer(conn.channel(), exchange=exchange, routing_key=RAW_AMQP_QUEUE)

@@ -51,8 +51,9 @@ def fresh_redis_payloads(message: CapturedMessage, count: int) -> list[bytes]:
     return out
 
 
-def fill_backlog(broker: str, url: str, message: CapturedMessage, count: int, queue: str = DEFAULT_QUEUE,
-                 batch: int = 1000) -> float:
+def fill_backlog(
+    broker: str, url: str, message: CapturedMessage, count: int, queue: str = DEFAULT_QUEUE, batch: int = 1000
+) -> float:
     """Put ``count`` noop messages on ``queue``; returns the seconds it took."""
     started = time.perf_counter()
     if broker == "redis":
@@ -93,8 +94,7 @@ def _fill_amqp(url: str, message: CapturedMessage, count: int, queue: str, windo
         for sent in range(1, count + 1):
             task_id = str(uuid.uuid4())
             headers = dict(kwargs["headers"], id=task_id, root_id=task_id)
-            msg = amqp.Message(message.payload, **dict(properties, correlation_id=task_id),
-                               application_headers=headers)
+            msg = amqp.Message(message.payload, **dict(properties, correlation_id=task_id), application_headers=headers)
             # Celery's exchange for a work queue has the queue's name.
             channel._basic_publish(msg, exchange=queue, routing_key=queue)
             while sent - confirmed >= window:
@@ -104,8 +104,9 @@ def _fill_amqp(url: str, message: CapturedMessage, count: int, queue: str, windo
         channel.close()
 
 
-def backlog_memory(node: Any, broker: str, url: str, message: CapturedMessage, count: int, depth: Any,
-                   settle: float = 2.0) -> dict[str, Any]:
+def backlog_memory(
+    node: Any, broker: str, url: str, message: CapturedMessage, count: int, depth: Any, settle: float = 2.0
+) -> dict[str, Any]:
     """RSS of the broker before and with ``count`` noop tasks waiting (then purged)."""
     depth.purge()
     time.sleep(0.5)

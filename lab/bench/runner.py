@@ -7,6 +7,7 @@ run goes on with the next one; the record's ``status`` is then "failed".
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import secrets
@@ -22,11 +23,12 @@ from typing import Any
 
 from lab.bench import api as api_bench
 from lab.bench import e2e, raw, resources
-from lab.bench.stats import ratio
+from lab.bench.stats import compare, median_of_runs, ratio
 from lab.chaos.setups import Setup, get_setup
 from lab.chaos.stack import Stack
 from lab.interrupts import no_interrupts, sigterm_raises
 from lab.nodes import proctree, resolve_driver
+from lab.nodes.factory import DriverChoice
 from lab.processes import ApiServer, CeleryWorker, ManagedProcess
 from lab.results import RESULTS_DIR_ENV, client_versions, machine, results_dir, write_record
 from worker.brokers import profile_for
@@ -34,13 +36,27 @@ from worker.topology import DEFAULT_QUEUE, WORK_QUEUES
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "brokerstack.bench/1"
+SCHEMA = "brokerstack.bench/2"
+#: Schemas lab.bench.records.upgrade_record reads (a /1 record is lifted into the /2 shape).
+READABLE_SCHEMAS = ("brokerstack.bench/1", SCHEMA)
 CATEGORY = "bench"
-POOLS = ("solo", "threads", "prefork")
+POOLS = ("solo", "threads", "prefork", "gevent")
+#: The Redis transports an end-to-end run compares (REDIS_TRANSPORT): the first is the one the
+#: record's top-level end_to_end.pools, API and resources sections were measured on.
+REDIS_TRANSPORTS = ("brokerstack", "kombu")
 SECTIONS = ("raw", "end_to_end", "api", "resources")
 #: The issue's goals: brokerstack's consume rate against the raw client ceiling, and what publisher
 #: confirms may cost through the API (unconfirmed req/s over confirmed req/s).
-GOALS = {"e2e_vs_raw_consume": {"redis": 0.5, "rabbitmq": 0.6}, "api_confirm_cost_max": 2.0}
+GOALS: dict[str, Any] = {"e2e_vs_raw_consume": {"redis": 0.5, "rabbitmq": 0.6}, "api_confirm_cost_max": 2.0}
+#: The two drains of each pool: fire-and-forget with the throughput prefetch, and brokerstack's defaults.
+CONFIGS = ("fire_and_forget", "defaults")
+#: One drain: its enqueue rate, consume rate and resources.
+Drain = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
+def available_pools() -> tuple[str, ...]:
+    """Every pool whose library is installed: gevent is an extra (``pip install -e '.[gevent]'``)."""
+    return tuple(pool for pool in POOLS if pool != "gevent" or importlib.util.find_spec("gevent") is not None)
 
 
 @dataclass(frozen=True)
@@ -52,9 +68,15 @@ class BenchParams:
     raw_messages: int = 10_000
     #: Backlog published then drained, per pool.
     tasks: int = 10_000
-    pools: tuple[str, ...] = POOLS
+    pools: tuple[str, ...] = field(default_factory=available_pools)
     #: Worker processes/threads of the threads and prefork pools (solo is always 1).
     concurrency: int = 2
+    #: Greenlets of the gevent pool: the walkthrough's ``--pool=gevent --concurrency=100``.
+    gevent_concurrency: int = 100
+    #: Redis only: the transports measured end to end, alternated in every repetition.
+    transports: tuple[str, ...] = REDIS_TRANSPORTS
+    #: Drains per pool, configuration and transport; rates are their median and range.
+    repeats: int = 3
     #: Prefetch multiplier of the throughput drain, whose tasks are fire-and-forget (no result
     #: stored), like the raw ceiling. The second drain and the latency run use brokerstack's
     #: defaults (prefetch 1, STARTED and SUCCESS stored in the result backend).
@@ -81,9 +103,20 @@ class BenchParams:
     @classmethod
     def quick(cls) -> BenchParams:
         return cls(
-            mode="quick", raw_messages=2_000, tasks=1_000, latency_rate=100.0, latency_seconds=2.0,
-            latency_warmup_tasks=10, api_workers=(1,), api_concurrency=(4,), api_duration=1.5,
-            api_warmup=0.5, backlog_tasks=5_000, drain_max_seconds=10.0, timeout=120.0,
+            mode="quick",
+            raw_messages=2_000,
+            tasks=1_000,
+            latency_rate=100.0,
+            latency_seconds=2.0,
+            latency_warmup_tasks=10,
+            api_workers=(1,),
+            api_concurrency=(4,),
+            api_duration=1.5,
+            api_warmup=0.5,
+            backlog_tasks=5_000,
+            drain_max_seconds=10.0,
+            timeout=120.0,
+            repeats=2,
         )
 
     @classmethod
@@ -93,10 +126,24 @@ class BenchParams:
     def with_tasks(self, tasks: int) -> BenchParams:
         return replace(self, tasks=tasks, raw_messages=tasks)
 
+    def with_options(self, **options: Any) -> BenchParams:
+        """These params with every option that is not None replaced (ValueError if invalid)."""
+        return replace(self, **{key: value for key, value in options.items() if value is not None})
+
     def __post_init__(self) -> None:
         unknown = set(self.pools) - set(POOLS)
         if unknown:
             raise ValueError(f"unknown pools {sorted(unknown)}; one of {', '.join(POOLS)}")
+        if not self.pools:
+            raise ValueError("no pools to measure")
+        missing = set(self.pools) - set(available_pools())
+        if missing:
+            raise ValueError(f"pool {', '.join(sorted(missing))} is not installed: pip install -e '.[gevent]'")
+        distinct = len(set(self.transports)) == len(self.transports)
+        if not self.transports or set(self.transports) - set(REDIS_TRANSPORTS) or not distinct:
+            raise ValueError(f"transports must be distinct ones of {', '.join(REDIS_TRANSPORTS)}: {self.transports}")
+        if self.repeats < 1:
+            raise ValueError("repeats must be at least 1")
         if self.tasks < 10 or self.raw_messages < 10:
             raise ValueError("tasks must be at least 10")
 
@@ -132,7 +179,7 @@ class BenchRun:
         setup: str | Setup,
         params: BenchParams | None = None,
         *,
-        driver: str | None = None,
+        driver: DriverChoice | None = None,
         progress: ProgressCallback | None = None,
         results: str | Path | None = None,
         write: bool = True,
@@ -153,6 +200,13 @@ class BenchRun:
         self._last_emit = 0.0
         self.path: Path | None = None
         self.record: dict[str, Any] = {}
+        #: The Redis transports compared end to end; on RabbitMQ one run with no transport choice.
+        self.transports: tuple[str | None, ...] = self.params.transports if self.setup.broker == "redis" else (None,)
+        self.producers: dict[str | None, Any] = {}
+
+    @property
+    def primary_transport(self) -> str | None:
+        return self.transports[0]
 
     # --- progress --------------------------------------------------------------------------------
 
@@ -160,7 +214,8 @@ class BenchRun:
     def steps(self) -> int:
         p = self.params
         api_runs = len(p.api_workers) * (2 if self.setup.broker == "rabbitmq" else 1) * len(p.api_concurrency)
-        return 2 + 1 + 3 * len(p.pools) + api_runs + 1
+        per_pool = len(self.transports) * (len(CONFIGS) * p.repeats + 1)
+        return 2 + 1 + per_pool * len(p.pools) + api_runs + 1
 
     def _advance(self, phase: str, message: str) -> None:
         self._step += 1
@@ -172,8 +227,9 @@ class BenchRun:
         if self.progress_callback is None or (not force and now - self._last_emit < 0.2):
             return
         self._last_emit = now
-        self.progress_callback(Progress(self.setup.name, phase, message, min(self._step, self.steps), self.steps,
-                                        round(now - self._t0, 1)))
+        self.progress_callback(
+            Progress(self.setup.name, phase, message, min(self._step, self.steps), self.steps, round(now - self._t0, 1))
+        )
 
     def _tick(self, message: str) -> None:
         self._emit(self._phase, message)
@@ -189,6 +245,9 @@ class BenchRun:
             "broker": self.setup.broker,
             "mode": p.mode,
             "status": "running",
+            # What end_to_end.pools, api and resources ran on; transports: every one end_to_end compares.
+            "transport": self.primary_transport,
+            "transports": list(self.transports) if self.setup.broker == "redis" else None,
             "run_id": self.run_id,
             "driver": self.driver,
             "broker_version": None,
@@ -214,13 +273,19 @@ class BenchRun:
                 assert broker is not None and self.stack.aux is not None
                 record["broker_version"] = broker.version()
                 record["aux_version"] = self.stack.aux.version()
-                self.settings = self.stack.make_settings()
+                self.settings = self.stack.make_settings(**self._transport_override(self.primary_transport))
                 record["parameters"]["settings"] = _settings_summary(self.settings)
                 self._advance("starting", "nodes ready")
                 from worker.celery_app import create_celery
 
-                self.producer = create_celery(self.settings, main="bench-producer", producer_only=True)
-                self._owned.closers.append(self.producer.close)
+                # A producer per transport: each transport is measured with its own publish path
+                # (brokerstack's rings a doorbell with every message, kombu's does not).
+                for transport in self.transports:
+                    settings = self._settings(**self._transport_override(transport))
+                    producer = create_celery(settings, main=f"bench-producer-{transport or 'amqp'}", producer_only=True)
+                    self._owned.closers.append(producer.close)
+                    self.producers[transport] = producer
+                self.producer = self.producers[self.primary_transport]
                 declare_topology(self.producer)
                 self.depth = e2e.QueueDepth(self.setup.broker, self.stack.broker_url)
                 self._owned.closers.append(self.depth.close)
@@ -229,17 +294,26 @@ class BenchRun:
                 record["parameters"]["message_bytes"] = self.message.size
                 self._advance("starting", f"captured a {self.message.size}-byte noop message")
 
-                for section, fn in (("raw", self._raw), ("end_to_end", self._end_to_end), ("api", self._api),
-                                    ("resources", self._resources)):
+                for section, fn in (
+                    ("raw", self._raw),
+                    ("end_to_end", self._end_to_end),
+                    ("api", self._api),
+                    ("resources", self._resources),
+                ):
                     try:
                         record[section] = fn()
                     except KeyboardInterrupt:
                         raise
-                    except Exception as exc:  # noqa: BLE001 - recorded; the other sections still run
+                    except Exception as exc:
                         log.exception("bench section %s failed", section)
                         record[section] = {"error": f"{type(exc).__name__}: {exc}"}
-                        record["errors"].append({"section": section, "error": f"{type(exc).__name__}: {exc}",
-                                                 "traceback": traceback.format_exc(limit=6)})
+                        record["errors"].append(
+                            {
+                                "section": section,
+                                "error": f"{type(exc).__name__}: {exc}",
+                                "traceback": traceback.format_exc(limit=6),
+                            }
+                        )
                         self._purge_quietly()
                 record["ratios"] = compute_ratios(record)
                 record["status"] = "failed" if record["errors"] else "completed"
@@ -248,8 +322,13 @@ class BenchRun:
                 raise
             except BaseException as exc:
                 record["status"] = "failed"
-                record["errors"].append({"section": "setup", "error": f"{type(exc).__name__}: {exc}",
-                                         "traceback": traceback.format_exc(limit=6)})
+                record["errors"].append(
+                    {
+                        "section": "setup",
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc(limit=6),
+                    }
+                )
                 raise
             finally:
                 with no_interrupts():
@@ -285,11 +364,20 @@ class BenchRun:
         p = self.params
         self._emit("raw", "raw client ceiling", force=True)
         if self.setup.broker == "redis":
-            out = raw.redis_raw(self.stack.broker_url, self.message, p.raw_messages, batch=p.redis_batch, tick=self._tick)
+            out = raw.redis_raw(
+                self.stack.broker_url, self.message, p.raw_messages, batch=p.redis_batch, tick=self._tick
+            )
         else:
             arguments = profile_for(self.settings).queue_arguments(DEFAULT_QUEUE)
-            out = raw.amqp_raw(self.stack.broker_url, self.message, p.raw_messages, arguments,
-                               prefetch=p.raw_prefetch, window=p.confirm_window, tick=self._tick)
+            out = raw.amqp_raw(
+                self.stack.broker_url,
+                self.message,
+                p.raw_messages,
+                arguments,
+                prefetch=p.raw_prefetch,
+                window=p.confirm_window,
+                tick=self._tick,
+            )
         out["messages"] = p.raw_messages
         self._advance("raw", "raw client ceiling measured")
         return out
@@ -303,75 +391,142 @@ class BenchRun:
             "prefetch_multiplier": p.throughput_prefetch,
             "results_stored": False,
             "defaults_prefetch_multiplier": self.settings.worker_prefetch_multiplier,
+            "repeats": p.repeats,
+            "transport": self.primary_transport,
             "pools": {},
+            "drain_order": [],
         }
+        self._drain_order: list[dict[str, Any]] = out["drain_order"]
+        by_transport: dict[str | None, dict[str, Any]] = {t: {} for t in self.transports}
         for pool in p.pools:
-            concurrency = 1 if pool == "solo" else p.concurrency
-            out["pools"][pool] = self._one_pool(pool, concurrency)
+            for transport, result in self._one_pool(pool, self._concurrency(pool)).items():
+                by_transport[transport][pool] = result
+        out["pools"] = by_transport[self.primary_transport]
+        if self.setup.broker == "redis":
+            out["transports"] = {t: {"pools": pools} for t, pools in by_transport.items()}
+            out["comparison"] = transport_comparison(by_transport) if len(self.transports) == 2 else None
         return out
 
-    def _one_pool(self, pool: str, concurrency: int) -> dict[str, Any]:
+    def _concurrency(self, pool: str) -> int:
+        if pool == "solo":
+            return 1
+        return self.params.gevent_concurrency if pool == "gevent" else self.params.concurrency
+
+    def _one_pool(self, pool: str, concurrency: int) -> dict[str | None, dict[str, Any]]:
+        """Both drains and the latency run of one pool, on every transport. The drains of the
+        transports alternate (A B, B A, A B, ...), so a machine that drifts (load from elsewhere,
+        thermal throttling) weighs on both alike."""
         p = self.params
         aux = self.stack.aux
         assert aux is not None
-        result: dict[str, Any] = {"pool": pool, "concurrency": concurrency}
-        # Throughput: fire-and-forget tasks, prefetch as a throughput-tuned deployment sets it.
-        fast = self.stack.make_settings(worker_prefetch_multiplier=p.throughput_prefetch)
-        self.stack.settings = self.settings  # keep the stack's settings the run's base ones
-        enqueue, consume, res = self._backlog(pool, concurrency, fast, ignore_result=True)
-        result.update(enqueue=enqueue, consume=consume, resources=res)
-        self._advance("end_to_end", f"{pool}: {consume['per_s']} tasks/s fire-and-forget")
+        results: dict[str | None, dict[str, Any]] = {
+            t: {"pool": pool, "concurrency": concurrency} for t in self.transports
+        }
+        if self.setup.broker == "redis":
+            for transport, result in results.items():
+                result["transport"] = transport
+        for config in CONFIGS:
+            ignore_result = config == "fire_and_forget"
+            runs: dict[str | None, list[Drain]] = {t: [] for t in self.transports}
+            for repeat in range(p.repeats):
+                order = self.transports if repeat % 2 == 0 else tuple(reversed(self.transports))
+                for transport in order:
+                    # Fire-and-forget with the prefetch a throughput-tuned deployment sets, or
+                    # brokerstack's defaults (prefetch 1, every result stored).
+                    overrides = {"worker_prefetch_multiplier": p.throughput_prefetch} if ignore_result else {}
+                    settings = self._settings(**overrides, **self._transport_override(transport))
+                    run = self._backlog(pool, concurrency, settings, ignore_result=ignore_result, transport=transport)
+                    runs[transport].append(run)
+                    self._drain_order.append(
+                        {
+                            "pool": pool,
+                            "config": config,
+                            "repeat": repeat + 1,
+                            "transport": transport,
+                            "per_s": run[1]["per_s"],
+                        }
+                    )
+                    self._advance(
+                        "end_to_end",
+                        f"{pool}{_on(transport)}: {run[1]['per_s']} tasks/s {_label(config)} "
+                        f"({repeat + 1}/{p.repeats})",
+                    )
+            for transport, measured in runs.items():
+                enqueue, consume, res = _summarize(measured)
+                if ignore_result:
+                    results[transport].update(enqueue=enqueue, consume=consume, resources=res)
+                else:
+                    results[transport]["defaults"] = {
+                        "prefetch_multiplier": self.settings.worker_prefetch_multiplier,
+                        "results_stored": True,
+                        "enqueue": enqueue,
+                        "consume": consume,
+                    }
 
-        # The same drain with brokerstack's defaults: prefetch 1, every result stored.
-        enqueue, consume, _ = self._backlog(pool, concurrency, self.settings, ignore_result=False)
-        result["defaults"] = {"prefetch_multiplier": self.settings.worker_prefetch_multiplier,
-                              "results_stored": True, "enqueue": enqueue, "consume": consume}
-        self._advance("end_to_end", f"{pool}: {consume['per_s']} tasks/s with defaults")
-
-        # Steady load with the ledger on and brokerstack's defaults: latencies.
-        rate_cap = (consume["per_s"] or 0) / 2
+        # Steady load with the ledger on and brokerstack's defaults: latencies. Half the slower
+        # transport's drain rate with those defaults keeps the queue short, and both get the same load.
+        caps = [(r["defaults"]["consume"]["per_s"] or 0) / 2 for r in results.values()]
+        rate_cap = min(caps) if all(caps) else 0
         target = min(p.latency_rate, rate_cap) if rate_cap else p.latency_rate
-        run = f"bench-{self.run_id}-{pool}"
-        settings = self.stack.make_settings(ledger_url=aux.url, ledger_run=run)
-        self.stack.settings = self.settings
-        worker = self._worker(settings, pool, concurrency)
-        self._emit("end_to_end", f"{pool}: steady load at {target:g}/s", force=True)
-        worker.start()
-        worker.wait_ready(timeout=120)
-        latency = e2e.steady_latency(self.producer, aux.url, run, rate_per_s=target, seconds=p.latency_seconds,
-                                     warmup_tasks=p.latency_warmup_tasks, timeout=p.timeout, tick=self._tick)
-        latency["rate_capped"] = target < p.latency_rate
-        result["latency"] = latency
-        worker.stop(timeout=20)
-        self._advance("end_to_end", f"{pool}: p99 to finish {latency['enqueue_to_finish_ms']['p99']} ms")
-        return result
+        for transport in self.transports:
+            result = results[transport]
+            run_name = f"bench-{self.run_id}-{pool}" + (f"-{transport}" if transport else "")
+            settings = self._settings(ledger_url=aux.url, ledger_run=run_name, **self._transport_override(transport))
+            worker = self._worker(settings, pool, concurrency, transport)
+            self._emit("end_to_end", f"{pool}{_on(transport)}: steady load at {target:g}/s", force=True)
+            worker.start()
+            worker.wait_ready(timeout=120)
+            latency = e2e.steady_latency(
+                self.producers[transport],
+                aux.url,
+                run_name,
+                rate_per_s=target,
+                seconds=p.latency_seconds,
+                warmup_tasks=p.latency_warmup_tasks,
+                timeout=p.timeout,
+                tick=self._tick,
+            )
+            latency["rate_capped"] = target < p.latency_rate
+            result["latency"] = latency
+            worker.stop(timeout=20)
+            self._owned.processes.remove(worker)
+            self._advance(
+                "end_to_end", f"{pool}{_on(transport)}: p99 to finish {latency['enqueue_to_finish_ms']['p99']} ms"
+            )
+        return results
 
-    def _backlog(self, pool: str, concurrency: int, settings: Any, *, ignore_result: bool,
-                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    def _backlog(
+        self, pool: str, concurrency: int, settings: Any, *, ignore_result: bool, transport: str | None
+    ) -> Drain:
         """Publish ``tasks`` noops, then drain them with a fresh worker (no ledger): the enqueue
         rate, the consume rate, and what the broker, result backend and worker spent on them."""
         p = self.params
         broker, aux = self.stack.broker, self.stack.aux
         assert broker is not None and aux is not None
-        label = "fire-and-forget" if ignore_result else "defaults"
+        label = f"{_label('fire_and_forget' if ignore_result else 'defaults')}{_on(transport)}"
         self._emit("end_to_end", f"{pool}: publishing {p.tasks} tasks ({label})", force=True)
         self.depth.purge()
         b0 = resources.usage(broker)
-        enqueue = e2e.publish_backlog(self.producer, p.tasks, tick=self._tick, ignore_result=ignore_result)
+        enqueue = e2e.publish_backlog(self.producers[transport], p.tasks, tick=self._tick, ignore_result=ignore_result)
         b1 = resources.usage(broker)
-        worker = self._worker(settings, pool, concurrency)
+        worker = self._worker(settings, pool, concurrency, transport)
         self._emit("end_to_end", f"{pool}: draining {p.tasks} tasks ({label})", force=True)
         worker.start()
 
         def probes() -> dict[str, Any]:
-            return {"broker": resources.usage(broker), "aux": resources.usage(aux),
-                    "worker": proctree.tree_usage(worker.pid) if worker.pid else None}
+            return {
+                "broker": resources.usage(broker),
+                "aux": resources.usage(aux),
+                "worker": proctree.tree_usage(worker.pid) if worker.pid else None,
+            }
 
-        consume, at_first, at_end = e2e.drain(self.depth, p.tasks, p.timeout, tick=self._tick, probes=probes,
-                                              max_seconds=p.drain_max_seconds)
+        consume, at_first, at_end = e2e.drain(
+            self.depth, p.tasks, p.timeout, tick=self._tick, probes=probes, max_seconds=p.drain_max_seconds
+        )
         consume["prefetch_multiplier"] = settings.worker_prefetch_multiplier
         consume["results_stored"] = not ignore_result
         worker.stop(timeout=20)
+        self._owned.processes.remove(worker)
         if consume["truncated"]:
             self.depth.purge()
         assert at_first is not None and at_end is not None
@@ -382,19 +537,40 @@ class BenchRun:
             "broker_publish": publish,
             "broker_consume": drain,
             "broker_total_cpu_s_per_10k": _sum_cpu(publish, drain),
-            "broker_rss_bytes": {"before": b0["rss_bytes"], "backlog": b1["rss_bytes"], "drained": at_end["broker"]["rss_bytes"]},
+            "broker_rss_bytes": {
+                "before": b0["rss_bytes"],
+                "backlog": b1["rss_bytes"],
+                "drained": at_end["broker"]["rss_bytes"],
+            },
             "result_backend_cpu_s_per_10k": resources.per_10k(at_first["aux"], at_end["aux"], drained)["cpu_s_per_10k"],
             "worker_cpu_s_per_10k": None,
         }
         if at_first.get("worker") and at_end.get("worker"):
-            res["worker_cpu_s_per_10k"] = resources.per_10k(at_first["worker"], at_end["worker"], drained)["cpu_s_per_10k"]
+            worker_use = resources.per_10k(at_first["worker"], at_end["worker"], drained)
+            res["worker_cpu_s_per_10k"] = worker_use["cpu_s_per_10k"]
         return enqueue, consume, res
 
-    def _worker(self, settings: Any, pool: str, concurrency: int) -> CeleryWorker:
-        worker = CeleryWorker(settings.to_env(), queues=WORK_QUEUES, pool=pool, concurrency=concurrency,
-                              name=f"bench-{pool}", log_dir=self.workdir / "logs")
+    def _worker(self, settings: Any, pool: str, concurrency: int, transport: str | None = None) -> CeleryWorker:
+        worker = CeleryWorker(
+            settings.to_env(),
+            queues=WORK_QUEUES,
+            pool=pool,
+            concurrency=concurrency,
+            name=f"bench-{pool}" + (f"-{transport}" if transport else ""),
+            log_dir=self.workdir / "logs",
+        )
         self._owned.processes.append(worker)
         return worker
+
+    def _settings(self, **overrides: Any) -> Any:
+        """The setup's settings with ``overrides``, leaving the stack's own settings the run's base ones."""
+        settings = self.stack.make_settings(**overrides)
+        if getattr(self, "settings", None) is not None:
+            self.stack.settings = self.settings
+        return settings
+
+    def _transport_override(self, transport: str | None) -> dict[str, Any]:
+        return {} if transport is None else {"redis_transport": transport}
 
     def _api(self) -> dict[str, Any]:
         p = self.params
@@ -410,9 +586,10 @@ class BenchRun:
         for uvicorn_workers in p.api_workers:
             for confirm in modes:
                 overrides = {} if confirm is None else {"rabbitmq_confirm_publish": confirm}
-                settings = self.stack.make_settings(**overrides)
-                self.stack.settings = self.settings
-                label = f"{uvicorn_workers} uvicorn worker(s)" + ("" if confirm is None else f", confirms {'on' if confirm else 'off'}")
+                settings = self._settings(**overrides, **self._transport_override(self.primary_transport))
+                label = f"{uvicorn_workers} uvicorn worker(s)"
+                if confirm is not None:
+                    label += f", confirms {'on' if confirm else 'off'}"
                 self._emit("api", f"starting the API: {label}", force=True)
                 server = ApiServer(settings.to_env(), log_dir=self.workdir / "logs", workers=uvicorn_workers)
                 self._owned.processes.append(server)
@@ -421,10 +598,21 @@ class BenchRun:
                 try:
                     for concurrency in p.api_concurrency:
                         self._emit("api", f"{label}: {concurrency} clients", force=True)
-                        level = api_bench.measured_level(server.url, server.pid, concurrency=concurrency,
-                                                         duration=p.api_duration, warmup=p.api_warmup)
-                        out["runs"].append({"uvicorn_workers": uvicorn_workers, "confirm_publish": confirm,
-                                            "concurrency": concurrency, **level})
+                        level = api_bench.measured_level(
+                            server.url,
+                            server.pid,
+                            concurrency=concurrency,
+                            duration=p.api_duration,
+                            warmup=p.api_warmup,
+                        )
+                        out["runs"].append(
+                            {
+                                "uvicorn_workers": uvicorn_workers,
+                                "confirm_publish": confirm,
+                                "concurrency": concurrency,
+                                **level,
+                            }
+                        )
                         self.depth.purge()
                         self._advance("api", f"{label}, {concurrency} clients: {level['rps']} req/s")
                 finally:
@@ -437,8 +625,9 @@ class BenchRun:
         broker = self.stack.broker
         assert broker is not None
         self._emit("resources", f"backlog of {p.backlog_tasks} tasks", force=True)
-        backlog = resources.backlog_memory(broker, self.setup.broker, self.stack.broker_url, self.message,
-                                           p.backlog_tasks, self.depth)
+        backlog = resources.backlog_memory(
+            broker, self.setup.broker, self.stack.broker_url, self.message, p.backlog_tasks, self.depth
+        )
         out: dict[str, Any] = {
             "broker_idle": resources.usage(broker),
             "backlog": backlog,
@@ -460,10 +649,13 @@ class BenchRun:
         params["setup"] = self.setup.describe()
         params["driver"] = self.driver
         params["worker_loglevel"] = "INFO"
+        if self.setup.broker != "redis":
+            params["transports"] = None
         return params
 
     def _write(self, record: dict[str, Any]) -> Path:
-        name = record_name(self.setup.name, self.driver, self.params.mode)
+        transports = self.params.transports if self.setup.broker == "redis" else None
+        name = record_name(self.setup.name, self.driver, self.params.mode, transports)
         category = CATEGORY if record["status"] == "completed" else f"{CATEGORY}/failed"
         with _results_env(self.results):
             return write_record(category, name, record)
@@ -499,13 +691,24 @@ def code_version() -> dict[str, Any]:
     return {"commit": commit, "modified": dirty}
 
 
-def record_name(setup: str, driver: str, mode: str) -> str:
-    """``<setup>-<driver>`` for full runs, ``<setup>-<driver>-quick`` for quick ones."""
-    return f"{setup}-{driver}" + ("" if mode == "full" else f"-{mode}")
+def record_name(setup: str, driver: str, mode: str, transports: tuple[str, ...] | None = None) -> str:
+    """``<setup>-<driver>`` for full runs, ``<setup>-<driver>-quick`` for quick ones; a Redis run on
+    one transport only (``--transport kombu``) adds it, ``-kombu``, so it never replaces a record
+    that compares both."""
+    name = f"{setup}-{driver}" + ("" if mode == "full" else f"-{mode}")
+    if transports is not None and tuple(transports) != REDIS_TRANSPORTS:
+        name += "-" + "-".join(transports)
+    return name
 
 
-def run_bench(setup: str | Setup, params: BenchParams | None = None, *, driver: str | None = None,
-              progress: ProgressCallback | None = None, results: str | Path | None = None) -> dict[str, Any]:
+def run_bench(
+    setup: str | Setup,
+    params: BenchParams | None = None,
+    *,
+    driver: DriverChoice | None = None,
+    progress: ProgressCallback | None = None,
+    results: str | Path | None = None,
+) -> dict[str, Any]:
     """Run the bench on ``setup``; returns the record (also written under the results dir)."""
     return BenchRun(setup, params, driver=driver, progress=progress, results=results).run()
 
@@ -528,10 +731,13 @@ def compute_ratios(record: dict[str, Any]) -> dict[str, Any]:
     raw_publish = (raw_section.get(raw_publish_key) or {}).get("per_s")
     pools = e2e_section.get("pools") or {}
     consume = {pool: ratio((r.get("consume") or {}).get("per_s"), raw_consume) for pool, r in pools.items()}
-    with_defaults = {pool: ratio(((r.get("defaults") or {}).get("consume") or {}).get("per_s"), raw_consume)
-                     for pool, r in pools.items()}
+    with_defaults = {
+        pool: ratio(((r.get("defaults") or {}).get("consume") or {}).get("per_s"), raw_consume)
+        for pool, r in pools.items()
+    }
     enqueue = {pool: ratio((r.get("enqueue") or {}).get("per_s"), raw_publish) for pool, r in pools.items()}
-    best_pool = max((pool for pool in consume if consume[pool] is not None), key=lambda pool: consume[pool], default=None)
+    measured = {pool: value for pool, value in consume.items() if value is not None}
+    best_pool = max(measured, key=lambda pool: measured[pool], default=None)
     goal = GOALS["e2e_vs_raw_consume"][broker]
     out: dict[str, Any] = {
         "raw_consume_per_s": raw_consume,
@@ -543,17 +749,30 @@ def compute_ratios(record: dict[str, Any]) -> dict[str, Any]:
         "e2e_vs_raw_consume_best": consume.get(best_pool) if best_pool else None,
         "enqueue_vs_raw_publish": enqueue,
         "goal_e2e_vs_raw_consume": goal,
-        "meets_goal_e2e": None if best_pool is None else consume[best_pool] >= goal,
-        "raw_confirm_cost": ratio((raw_section.get("publish") or {}).get("per_s"),
-                                  (raw_section.get("publish_confirm") or {}).get("per_s"), 2) if broker == "rabbitmq" else None,
-        "raw_pipelined_confirm_cost": ratio((raw_section.get("publish") or {}).get("per_s"),
-                                            (raw_section.get("publish_confirm_pipelined") or {}).get("per_s"), 2)
-        if broker == "rabbitmq" else None,
+        "meets_goal_e2e": None if best_pool is None else measured[best_pool] >= goal,
+        "raw_confirm_cost": ratio(
+            (raw_section.get("publish") or {}).get("per_s"), (raw_section.get("publish_confirm") or {}).get("per_s"), 2
+        )
+        if broker == "rabbitmq"
+        else None,
+        "raw_pipelined_confirm_cost": ratio(
+            (raw_section.get("publish") or {}).get("per_s"),
+            (raw_section.get("publish_confirm_pipelined") or {}).get("per_s"),
+            2,
+        )
+        if broker == "rabbitmq"
+        else None,
         "api_confirm_cost": None,
         "api_confirm_cost_by_concurrency": None,
         "goal_api_confirm_cost_max": GOALS["api_confirm_cost_max"],
         "meets_goal_api_confirm_cost": None,
+        "brokerstack_vs_kombu": None,
     }
+    comparison = e2e_section.get("comparison")
+    if comparison:
+        out["brokerstack_vs_kombu"] = {
+            config: {pool: entry[config]["ratio"] for pool, entry in comparison.items()} for config in CONFIGS
+        }
     if broker == "rabbitmq":
         runs = api_section.get("runs") or []
         by_level: dict[str, float | None] = {}
@@ -562,8 +781,16 @@ def compute_ratios(record: dict[str, Any]) -> dict[str, Any]:
         for run in runs:
             if run["uvicorn_workers"] != w or run["confirm_publish"] is not True:
                 continue
-            off = next((o for o in runs if o["uvicorn_workers"] == w and o["confirm_publish"] is False
-                        and o["concurrency"] == run["concurrency"]), None)
+            off = next(
+                (
+                    o
+                    for o in runs
+                    if o["uvicorn_workers"] == w
+                    and o["confirm_publish"] is False
+                    and o["concurrency"] == run["concurrency"]
+                ),
+                None,
+            )
             if off is not None:
                 by_level[str(run["concurrency"])] = ratio(off["rps"], run["rps"], 2)
         if by_level:
@@ -571,16 +798,70 @@ def compute_ratios(record: dict[str, Any]) -> dict[str, Any]:
             out["api_confirm_cost_by_concurrency"] = by_level
             out["api_confirm_cost"] = by_level[top]
             out["api_confirm_cost_uvicorn_workers"] = w
-            if by_level[top] is not None:
-                out["meets_goal_api_confirm_cost"] = by_level[top] <= GOALS["api_confirm_cost_max"]
+            cost = by_level[top]
+            if cost is not None:
+                out["meets_goal_api_confirm_cost"] = cost <= GOALS["api_confirm_cost_max"]
     return out
 
 
+def _on(transport: str | None) -> str:
+    return f" on {transport}" if transport else ""
+
+
+def _label(config: str) -> str:
+    return config.replace("_", "-")
+
+
+def _summarize(runs: list[Drain]) -> Drain:
+    """Repeated (enqueue, consume, resources) of one drain as one: median rates with their range,
+    and the resources of the drain nearest the median consume rate."""
+    enqueue = median_of_runs([run[0] for run in runs])
+    consume = median_of_runs([run[1] for run in runs])
+    middle = consume["per_s"]
+    nearest = min(range(len(runs)), key=lambda i: abs((runs[i][1]["per_s"] or 0) - (middle or 0)))
+    return enqueue, consume, runs[nearest][2]
+
+
+def transport_comparison(by_transport: dict[str | None, dict[str, Any]]) -> dict[str, Any]:
+    """brokerstack's Redis transport next to kombu's, per pool: the fire-and-forget and the defaults
+    drain rates (medians, ranges, their ratio, whether the difference is outside the noise), the
+    enqueue rate, and the steady-load latencies (one run each: no verdict)."""
+    (a_name, a_pools), (b_name, b_pools) = by_transport.items()
+    assert a_name is not None and b_name is not None
+    out: dict[str, Any] = {}
+    for pool in a_pools:
+        a, b = a_pools[pool], b_pools.get(pool)
+        if b is None:
+            continue
+        entry: dict[str, Any] = {}
+        for key, pick in (
+            ("fire_and_forget", lambda r: r.get("consume")),
+            ("defaults", lambda r: (r.get("defaults") or {}).get("consume")),
+            ("enqueue", lambda r: r.get("enqueue")),
+        ):
+            sa, sb = pick(a) or {}, pick(b) or {}
+            entry[key] = {a_name: _spread(sa), b_name: _spread(sb), **compare((a_name, sa), (b_name, sb))}
+        finish_a = (a.get("latency") or {}).get("enqueue_to_finish_ms") or {}
+        finish_b = (b.get("latency") or {}).get("enqueue_to_finish_ms") or {}
+        entry["latency_to_finish_ms"] = {
+            a_name: {k: finish_a.get(k) for k in ("p50", "p99")},
+            b_name: {k: finish_b.get(k) for k in ("p50", "p99")},
+            "ratio_p50": ratio(finish_a.get("p50"), finish_b.get("p50")),
+            "ratio_of": f"{a_name} / {b_name}",
+            "verdict": "unknown",
+        }
+        out[pool] = entry
+    return out
+
+
+def _spread(summary: dict[str, Any]) -> dict[str, Any]:
+    return {key: summary.get(key) for key in ("per_s", "per_s_min", "per_s_max", "per_s_runs", "repeats")}
+
+
 def _sum_cpu(*parts: dict[str, Any]) -> float | None:
-    values = [part.get("cpu_s_per_10k") for part in parts]
-    if any(v is None for v in values):
-        return None
-    return round(sum(values), 4)
+    values: list[float | None] = [part.get("cpu_s_per_10k") for part in parts]
+    measured = [v for v in values if v is not None]
+    return round(sum(measured), 4) if len(measured) == len(values) else None
 
 
 def _per_10k_summary(e2e_section: dict[str, Any] | None) -> dict[str, Any]:
@@ -599,8 +880,15 @@ def _per_10k_summary(e2e_section: dict[str, Any] | None) -> dict[str, Any]:
 
 def _settings_summary(settings: Any) -> dict[str, Any]:
     env = settings.to_env()
-    keep = ("BROKER_PROFILE", "RABBITMQ_QUEUE_TYPE", "RABBITMQ_CONFIRM_PUBLISH", "WORKER_PREFETCH_MULTIPLIER",
-            "BROKER_POOL_LIMIT", "REDIS_VISIBILITY_TIMEOUT")
+    keep = (
+        "BROKER_PROFILE",
+        "REDIS_TRANSPORT",
+        "RABBITMQ_QUEUE_TYPE",
+        "RABBITMQ_CONFIRM_PUBLISH",
+        "WORKER_PREFETCH_MULTIPLIER",
+        "BROKER_POOL_LIMIT",
+        "REDIS_VISIBILITY_TIMEOUT",
+    )
     out: dict[str, Any] = {}
     for key in keep:
         if key in env:
@@ -610,6 +898,8 @@ def _settings_summary(settings: Any) -> dict[str, Any]:
             elif value.isdigit():
                 value = int(value)
             out[key] = value
+    if out.get("BROKER_PROFILE") != "redis":
+        out.pop("REDIS_TRANSPORT", None)
     return out
 
 
@@ -652,5 +942,16 @@ def _results_env(directory: Path | None) -> Iterator[None]:
             os.environ[RESULTS_DIR_ENV] = previous
 
 
-__all__ = ["BenchInterrupted", "BenchParams", "BenchRun", "Progress", "ProgressCallback", "compute_ratios",
-           "record_name", "run_bench", "results_dir"]
+__all__ = [
+    "BenchInterrupted",
+    "BenchParams",
+    "BenchRun",
+    "Progress",
+    "ProgressCallback",
+    "available_pools",
+    "compute_ratios",
+    "record_name",
+    "results_dir",
+    "run_bench",
+    "transport_comparison",
+]

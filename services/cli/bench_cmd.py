@@ -1,9 +1,14 @@
 """``brokerstack bench``: brokerstack against the raw client ceiling, on each broker setup.
 
-    brokerstack bench                                  # every setup, full sizes (~30 min on 2 cores)
-    brokerstack bench --quick                          # every setup, small sizes (CI: ~3 min)
+    brokerstack bench                                  # every setup, full sizes (long: --setup picks some)
+    brokerstack bench --quick                          # every setup, small sizes: checks records, not speeds
     brokerstack bench --setup redis-always --setup rabbitmq-confirms --tasks 50000
     brokerstack bench --quick --json --results-dir /tmp/results
+    brokerstack bench --setup redis-everysec --transport kombu --pool gevent --repeats 5
+
+On Redis the end-to-end drains run on brokerstack's transport and on kombu's stock one in the same
+run (``--transport both``, the default), alternated across repetitions, and are printed side by side:
+the medians, their ranges, the ratio, and whether the difference is outside the noise.
 
 Each setup gets its own broker node and auxiliary Redis (containers, or local broker processes
 with BROKERSTACK_TEST_DRIVER=process), started and stopped by the run; one JSON record per setup is
@@ -20,10 +25,13 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console(stderr=True)
+#: The pool columns of the summary (records of older runs have no gevent: "-").
+POOLS = ("solo", "threads", "prefork", "gevent")
 
 
 def bench(
@@ -32,7 +40,18 @@ def bench(
     tasks: int = typer.Option(None, "--tasks", "-n", min=10, help="tasks per pool backlog and raw-client messages"),
     as_json: bool = typer.Option(False, "--json", help="print the records as one JSON array on stdout"),
     results_dir: Path = typer.Option(None, "--results-dir", help="default: $BROKERSTACK_RESULTS_DIR or results/"),
-    driver: str = typer.Option(None, "--driver", help="docker | process | auto (default: $BROKERSTACK_TEST_DRIVER or auto)"),
+    driver: str = typer.Option(
+        None, "--driver", help="docker | process | auto (default: $BROKERSTACK_TEST_DRIVER or auto)"
+    ),
+    transport: str = typer.Option(
+        "both", "--transport", "-t", help="Redis setups: brokerstack | kombu | both (side by side, alternated)"
+    ),
+    pools: list[str] = typer.Option(
+        None, "--pool", "-p", help="a worker pool to measure (repeatable; default: solo, threads, prefork, gevent)"
+    ),
+    repeats: int = typer.Option(
+        None, "--repeats", "-r", min=1, help="drains per pool, configuration and transport (default: 3, --quick 2)"
+    ),
 ) -> None:
     """Measure every broker setup: raw client ceiling, end to end per worker pool, the API under load,
     broker resources. Exits 1 if a setup could not be measured completely."""
@@ -48,21 +67,34 @@ def bench(
     params = BenchParams.quick() if quick else BenchParams.full()
     if tasks is not None:
         params = params.with_tasks(tasks)
+    try:
+        params = params.with_options(
+            transports=_transports(transport), pools=tuple(pools) if pools else None, repeats=repeats
+        )
+    except ValueError as exc:
+        raise SystemExit(f"brokerstack: {exc}") from None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     records: list[dict[str, Any]] = []
     failed: list[str] = []
     with Progress(
-        TextColumn("[bold]{task.fields[setup]:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=console, transient=False, disable=not console.is_terminal and as_json,
+        TextColumn("[bold]{task.fields[setup]:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal and as_json,
     ) as bar:
         tasks_by_setup = {s.name: bar.add_task("waiting", setup=s.name, total=None) for s in chosen}
         for setup in chosen:
             task_id = tasks_by_setup[setup.name]
 
-            def show(p: Any, task_id: int = task_id) -> None:
+            def show(p: Any, task_id: TaskID = task_id) -> None:
                 bar.update(task_id, total=p.steps, completed=p.step, description=f"{p.phase}: {p.message}"[:70])
-                if not console.is_terminal and not as_json and p.phase in ("starting", "done") and p.step in (0, p.steps):
+                quiet = console.is_terminal or as_json
+                if not quiet and p.phase in ("starting", "done") and p.step in (0, p.steps):
                     console.print(f"{p.setup}: {p.message}")
 
             try:
@@ -76,7 +108,8 @@ def bench(
                 continue
             records.append(record)
             if record["status"] != "completed":
-                failed.append(f"{setup.name}: " + "; ".join(f"{e['section']}: {e['error']}" for e in record["errors"])[:300])
+                errors = "; ".join(f"{e['section']}: {e['error']}" for e in record["errors"])
+                failed.append(f"{setup.name}: {errors}"[: 300 + len(setup.name) + 2])
 
     if as_json:
         sys.stdout.write(json.dumps(records, indent=2) + "\n")
@@ -85,6 +118,8 @@ def bench(
         if not out.is_terminal:
             out = Console(width=220)
         out.print(summary_table(records))
+        if any((r.get("end_to_end") or {}).get("comparison") for r in records):
+            out.print(transport_table(records))
         for record in records:
             if record.get("path"):
                 console.print(f"record: {record['path']}")
@@ -94,7 +129,17 @@ def bench(
         raise typer.Exit(1)
 
 
-def _check_can_run(driver: str | None, brokers: set[str]) -> str:
+def _transports(choice: str) -> tuple[str, ...]:
+    from lab.bench import REDIS_TRANSPORTS
+
+    if choice == "both":
+        return REDIS_TRANSPORTS
+    if choice not in REDIS_TRANSPORTS:
+        raise SystemExit(f"brokerstack: --transport is brokerstack, kombu or both, not {choice!r}")
+    return (choice,)
+
+
+def _check_can_run(driver: Any, brokers: set[Any]) -> Any:
     """The driver to use, or exit with one line saying why nothing can run."""
     from lab.nodes import docker_available, process_available, resolve_driver
 
@@ -104,13 +149,17 @@ def _check_can_run(driver: str | None, brokers: set[str]) -> str:
         raise SystemExit(f"brokerstack: {exc}") from None
     if resolved == "docker":
         if not docker_available():
-            raise SystemExit("brokerstack: no Docker engine answers (start one, or use --driver process with "
-                             "redis-server/rabbitmq-server installed)")
+            raise SystemExit(
+                "brokerstack: no Docker engine answers (start one, or use --driver process with "
+                "redis-server/rabbitmq-server installed)"
+            )
         return resolved
     missing = sorted(kind for kind in brokers if not process_available(kind))
     if missing:
-        raise SystemExit(f"brokerstack: cannot run {', '.join(missing)}: no Docker engine and no local broker "
-                         f"binary ({'redis-server' if 'redis' in missing else 'rabbitmq-server'}) on PATH")
+        raise SystemExit(
+            f"brokerstack: cannot run {', '.join(missing)}: no Docker engine and no local broker "
+            f"binary ({'redis-server' if 'redis' in missing else 'rabbitmq-server'}) on PATH"
+        )
     return resolved
 
 
@@ -127,21 +176,27 @@ def _fmt(value: Any, digits: int = 0, suffix: str = "") -> str:
 def summary_table(records: list[dict[str, Any]]) -> Table:
     """One row per setup: raw ceilings, end-to-end per pool and its ratio, latency, API, resources."""
     table = Table(title="brokerstack bench (tasks/s unless noted; ratio = e2e / raw consume)")
-    columns = ("setup", "raw pub", "raw pub (durab.)", "raw cons", "solo", "threads", "prefork", "best ratio / goal",
-               "enqueue", "p50/p99 to finish ms", "API req/s (max c)", "API p99 ms", "API confirm cost",
-               "broker CPU s/10k", "backlog MB")
+    columns = (
+        "setup",
+        "raw pub",
+        "raw pub (durab.)",
+        "raw cons",
+        *POOLS,
+        "best ratio / goal",
+        "enqueue",
+        "p50/p99 to finish ms",
+        "API req/s (max c)",
+        "API p99 ms",
+        "API confirm cost",
+        "broker CPU s/10k",
+        "backlog MB",
+    )
     for column in columns:
         table.add_column(column, justify="right" if column != "setup" else "left")
     for r in records:
         raw = r.get("raw") or {}
         ratios = r.get("ratios") or {}
         pools = (r.get("end_to_end") or {}).get("pools") or {}
-
-        def pool_cell(pool: str) -> str:
-            result = pools.get(pool) or {}
-            rate = (result.get("consume") or {}).get("per_s")
-            share = (ratios.get("e2e_vs_raw_consume") or {}).get(pool)
-            return f"{_fmt(rate)} ({_fmt(share, 2)})" if rate else "-"
 
         best = ratios.get("best_pool")
         best_result = pools.get(best) or {}
@@ -156,20 +211,29 @@ def summary_table(records: list[dict[str, Any]]) -> Table:
         broker_cpu = (((r.get("resources") or {}).get("per_10k_tasks") or {}).get(best) or {}).get("broker_cpu_s")
         best_ratio = ratios.get("e2e_vs_raw_consume_best")
         table.add_row(
-            r["setup"] + ("" if r.get("status") == "completed" else f" [red]({r.get('status')})"),
+            r["setup"]
+            + (f" ({r['transport']})" if r.get("transport") else "")
+            + ("" if r.get("status") == "completed" else f" [red]({r.get('status')})"),
             _fmt((raw.get("publish") or {}).get("per_s")),
             _fmt(ratios.get("raw_publish_per_s")),
             _fmt(ratios.get("raw_consume_per_s")),
-            pool_cell("solo"), pool_cell("threads"), pool_cell("prefork"),
+            *(_pool_cell(pools, ratios, pool) for pool in POOLS),
             f"{_fmt(best_ratio, 2)} / {_fmt(ratios.get('goal_e2e_vs_raw_consume'), 1)}",
             _fmt(enqueue),
             f"{_fmt(finish.get('p50'), 1)} / {_fmt(finish.get('p99'), 1)}",
-            api_rps, api_p99,
+            api_rps,
+            api_p99,
             _fmt(ratios.get("api_confirm_cost"), 2),
             _fmt(broker_cpu, 2),
-            _fmt(growth / 1e6 if growth is not None else None, 1) + (f" ({backlog.get('tasks'):,})" if growth is not None else ""),
+            "-" if growth is None else f"{_fmt(growth / 1e6, 1)} ({backlog.get('tasks'):,})",
         )
     return table
+
+
+def _pool_cell(pools: dict[str, Any], ratios: dict[str, Any], pool: str) -> str:
+    rate = ((pools.get(pool) or {}).get("consume") or {}).get("per_s")
+    share = (ratios.get("e2e_vs_raw_consume") or {}).get(pool)
+    return f"{_fmt(rate)} ({_fmt(share, 2)})" if rate else "-"
 
 
 def _top_api_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -180,3 +244,66 @@ def _top_api_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     level = max(run["concurrency"] for run in runs)
     chosen = [run for run in runs if run["uvicorn_workers"] == workers and run["concurrency"] == level]
     return sorted(chosen, key=lambda run: run.get("confirm_publish") is False)
+
+
+def _spread_cell(side: dict[str, Any]) -> str:
+    """median [min-max] of the repetitions."""
+    if not side or side.get("per_s") is None:
+        return "-"
+    if (side.get("repeats") or 0) < 2:
+        return _fmt(side["per_s"])
+    return escape(f"{_fmt(side['per_s'])} [{_fmt(side.get('per_s_min'))}-{_fmt(side.get('per_s_max'))}]")
+
+
+def transport_table(records: list[dict[str, Any]]) -> Table:
+    """Redis: brokerstack's transport next to kombu's, per setup and pool, for the fire-and-forget
+    drain and the one with brokerstack's defaults."""
+    from lab.bench import REDIS_TRANSPORTS
+
+    a, b = REDIS_TRANSPORTS
+    table = Table(
+        title=escape(
+            f"Redis transports end to end (tasks/s: median [range] of the repetitions; "
+            f"ratio = {a} / {b}; overlapping ranges = no difference)"
+        )
+    )
+    for column in (
+        "setup",
+        "pool",
+        "reps",
+        f"fire-and-forget {a}",
+        b,
+        "ratio",
+        "difference",
+        f"defaults {a}",
+        b,
+        "ratio",
+        "difference",
+        f"p50/p99 to finish ms {a}",
+        b,
+    ):
+        table.add_column(column, justify="left" if column in ("setup", "pool", "difference") else "right")
+    for r in records:
+        e2e = r.get("end_to_end") or {}
+        for pool, entry in (e2e.get("comparison") or {}).items():
+            cells: list[str] = []
+            for config in ("fire_and_forget", "defaults"):
+                side = entry.get(config) or {}
+                verdict = side.get("verdict") or "-"
+                colour = "green" if verdict == f"{a} faster" else "red" if verdict == f"{b} faster" else None
+                cells += [
+                    _spread_cell(side.get(a) or {}),
+                    _spread_cell(side.get(b) or {}),
+                    _fmt(side.get("ratio"), 2),
+                    f"[{colour}]{verdict}[/{colour}]" if colour else verdict,
+                ]
+            latency = entry.get("latency_to_finish_ms") or {}
+            finish = [latency.get(t) or {} for t in (a, b)]
+            table.add_row(
+                r["setup"],
+                pool,
+                str(e2e.get("repeats", "-")),
+                *cells,
+                *(f"{_fmt(f.get('p50'), 1)} / {_fmt(f.get('p99'), 1)}" for f in finish),
+            )
+    return table

@@ -1,0 +1,123 @@
+"""Bench records without a broker: the noise rule of the side-by-side comparison, and older records
+read as the current schema."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from lab.bench import SCHEMA, available_pools
+from lab.bench.records import V1, upgrade_record
+from lab.bench.runner import BenchParams
+from lab.bench.stats import compare, median_of_runs
+
+
+def runs(*rates: float) -> dict[str, Any]:
+    return median_of_runs([{"messages": 100, "seconds": 100 / r, "per_s": r} for r in rates])
+
+
+def test_median_of_runs_keeps_the_range_and_the_run_nearest_the_median() -> None:
+    summary = runs(300.0, 100.0, 200.0)
+    assert (summary["per_s"], summary["per_s_min"], summary["per_s_max"]) == (200.0, 100.0, 300.0)
+    assert summary["per_s_runs"] == [300.0, 100.0, 200.0] and summary["repeats"] == 3
+    assert summary["seconds"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "verdict"),
+    [
+        ((100.0, 110.0), (120.0, 130.0), "kombu faster"),
+        ((120.0, 130.0), (100.0, 110.0), "brokerstack faster"),
+        ((100.0, 125.0), (120.0, 130.0), "no difference"),  # overlapping ranges: inside the noise
+        ((100.0,), (200.0,), "unknown"),  # one run each: no range to judge the noise by
+    ],
+)
+def test_compare_reports_a_difference_only_outside_the_noise(
+    a: tuple[float, ...], b: tuple[float, ...], verdict: str
+) -> None:
+    result = compare(("brokerstack", runs(*a)), ("kombu", runs(*b)))
+    assert result["verdict"] == verdict
+    assert result["outside_noise"] is {"no difference": False, "unknown": None}.get(verdict, True)
+    assert result["ratio"] == pytest.approx(runs(*a)["per_s"] / runs(*b)["per_s"], rel=1e-3)
+
+
+V1_RECORD: dict[str, Any] = {
+    "schema": V1,
+    "setup": "redis-everysec",
+    "broker": "redis",
+    "status": "completed",
+    "mode": "full",
+    "end_to_end": {
+        "tasks": 10,
+        "pools": {
+            "solo": {
+                "pool": "solo",
+                "concurrency": 1,
+                "enqueue": {"messages": 10, "seconds": 1.0, "per_s": 10.0},
+                "consume": {"messages": 10, "seconds": 0.5, "per_s": 20.0},
+                "defaults": {"enqueue": {"per_s": 9.0}, "consume": {"per_s": 5.0}},
+            }
+        },
+    },
+    "ratios": {"e2e_vs_raw_consume": {"solo": 0.5}},
+}
+
+
+def test_a_v1_record_reads_as_the_current_schema() -> None:
+    original = copy.deepcopy(V1_RECORD)
+    record = upgrade_record(V1_RECORD)
+    assert original == V1_RECORD  # the caller's record is left alone
+    assert record["schema"] == V1 and record["read_as"] == SCHEMA
+    assert (record["transport"], record["transports"]) == ("brokerstack", ["brokerstack"])
+    e2e = record["end_to_end"]
+    assert e2e["repeats"] == 1 and e2e["comparison"] is None
+    assert e2e["transports"]["brokerstack"]["pools"]["solo"]["consume"]["per_s"] == 20.0
+    consume = e2e["pools"]["solo"]["consume"]
+    spread = (consume["per_s_min"], consume["per_s_max"], consume["per_s_runs"], consume["repeats"])
+    assert spread == (20.0, 20.0, [20.0], 1)
+    assert e2e["pools"]["solo"]["defaults"]["consume"]["per_s_runs"] == [5.0]
+    assert record["ratios"]["brokerstack_vs_kombu"] is None
+    # The side-by-side rule has nothing to judge in a single run.
+    assert compare(("brokerstack", consume), ("kombu", consume))["verdict"] == "unknown"
+
+
+def test_a_rabbitmq_v1_record_has_no_transport() -> None:
+    record = upgrade_record({**V1_RECORD, "broker": "rabbitmq", "setup": "rabbitmq-confirms"})
+    assert record["transport"] is None and record["transports"] is None
+    assert "transports" not in record["end_to_end"]
+
+
+def test_unknown_schemas_are_refused() -> None:
+    with pytest.raises(ValueError, match="not a bench record"):
+        upgrade_record({"schema": "brokerstack.bench/0"})
+
+
+def test_the_bench_pools_include_gevent_when_it_is_installed() -> None:
+    pytest.importorskip("gevent")
+    assert "gevent" in available_pools() and "gevent" in BenchParams().pools
+    assert BenchParams().gevent_concurrency == 100
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"transports": ()},
+        {"transports": ("kombu", "kombu")},
+        {"transports": ("celery",)},
+        {"repeats": 0},
+        {"pools": ("eventlet",)},
+    ],
+)
+def test_invalid_bench_options_are_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        BenchParams().with_options(**options)
+
+
+def test_a_single_transport_run_never_replaces_the_side_by_side_record() -> None:
+    from lab.bench import record_name
+
+    assert record_name("redis-everysec", "docker", "full", ("brokerstack", "kombu")) == "redis-everysec-docker"
+    assert record_name("redis-everysec", "docker", "quick", ("kombu",)) == "redis-everysec-docker-quick-kombu"
+    assert record_name("rabbitmq-confirms", "process", "full") == "rabbitmq-confirms-process"

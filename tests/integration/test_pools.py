@@ -1,0 +1,179 @@
+"""Every worker pool the walkthrough recommends, on both brokers, with the same test body.
+
+prefork, threads, solo, gevent (``--pool=gevent --concurrency=100``, the walkthrough's choice for
+e-mail) and ``--autoscale=10,3``: tasks sent through the API reach SUCCESS, their late acks reach
+the broker at once (nothing is left unacked shortly after the last SUCCESS), and a warm shutdown
+(SIGTERM) lets the running tasks finish, acks them, gives the prefetched ones back and exits 0.
+
+Runs on whichever Redis transport ``REDIS_TRANSPORT`` selects (brokerstack's or kombu's).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection
+
+from lab.nodes import BrokerNode
+from lab.processes import CeleryWorker
+from tests.helpers import enqueue, wait_for, wait_for_task
+from worker.brokers.redis import PRIORITY_STEPS
+from worker.settings import Settings
+from worker.topology import WORK_QUEUES
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+#: How long after the last SUCCESS an ack may still be on its way. A late ack is sent when the
+#: task returns; a transport that holds acks back until its next poll (up to a second when idle)
+#: or a consumer that queues them behind the event loop's timers misses this.
+ACK_DEADLINE = 0.5
+#: Redis: the hash kombu's transport (and brokerstack's) keeps delivered-but-unacked messages in.
+REDIS_UNACKED_KEY = "unacked"
+REDIS_PRIORITY_SEP = "\x06\x16"
+TASKS = 30
+#: Long enough to be running when SIGTERM arrives, short enough for a warm shutdown to wait for.
+RUNNING_TASK_SECONDS = 2.0
+
+HAS_GEVENT = importlib.util.find_spec("gevent") is not None
+
+POOLS = [
+    pytest.param({"pool": "prefork", "concurrency": 2}, id="prefork"),
+    pytest.param({"pool": "threads", "concurrency": 4}, id="threads"),
+    pytest.param({"pool": "solo", "concurrency": 1}, id="solo"),
+    pytest.param(
+        {"pool": "gevent", "concurrency": 100},
+        id="gevent",
+        marks=pytest.mark.skipif(not HAS_GEVENT, reason="gevent is an extra: pip install -e '.[gevent]'"),
+    ),
+    pytest.param({"pool": "prefork", "concurrency": 3, "extra_args": ("--autoscale=10,3",)}, id="autoscale"),
+]
+
+
+class BrokerLook:
+    """What the broker holds in the work queues: ready, and delivered but not acked."""
+
+    def __init__(self, broker: BrokerNode, settings: Settings) -> None:
+        self.broker = broker
+        self.kind = broker.kind
+        if self.kind == "redis":
+            self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+        else:
+            with Connection(settings.rabbitmq_url) as conn:
+                self._vhost = conn.virtual_host
+
+    def counts(self) -> tuple[int, int]:
+        """(ready, unacked) over the work queues."""
+        if self.kind == "redis":
+            pipe = self._client.pipeline(transaction=False)
+            for queue in WORK_QUEUES:
+                for step in PRIORITY_STEPS:
+                    pipe.llen(queue if step == 0 else f"{queue}{REDIS_PRIORITY_SEP}{step}")
+            pipe.hlen(REDIS_UNACKED_KEY)
+            *ready, unacked = pipe.execute()
+            return sum(ready), int(unacked)
+        node: Any = self.broker  # both rabbitmq node kinds have rabbitmqctl(); BrokerNode does not declare it
+        out = node.rabbitmqctl(
+            "list_queues",
+            "-q",
+            "-p",
+            self._vhost,
+            "--formatter",
+            "json",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        )
+        rows = [row for row in json.loads(out or "[]") if row["name"] in WORK_QUEUES]
+        return (
+            sum(int(row.get("messages_ready") or 0) for row in rows),
+            sum(int(row.get("messages_unacknowledged") or 0) for row in rows),
+        )
+
+    def unacked(self) -> int:
+        return self.counts()[1]
+
+    def close(self) -> None:
+        if self.kind == "redis":
+            self._client.close()
+
+
+@pytest.fixture
+def look(broker: BrokerNode, settings: Settings) -> Any:
+    looker = BrokerLook(broker, settings)
+    yield looker
+    looker.close()
+
+
+def wait_acked(look: BrokerLook, what: str) -> None:
+    """Nothing unacked within ACK_DEADLINE; the failure says how long it did take, if it did."""
+    started = time.monotonic()
+    deadline = started + ACK_DEADLINE
+    while (left := look.unacked()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if left:
+        # How late the acks are, or whether they never come, makes the failure actionable.
+        late = time.monotonic()
+        while look.unacked() and time.monotonic() - late < 5:
+            time.sleep(0.05)
+        then = look.unacked()
+        pytest.fail(
+            f"{what}: {left} message(s) still unacked {ACK_DEADLINE:g} s after the last SUCCESS; "
+            + (
+                f"{then} still after {time.monotonic() - started:.1f} s"
+                if then
+                else f"acked {time.monotonic() - started:.2f} s after it"
+            )
+        )
+
+
+@pytest.mark.parametrize("options", POOLS)
+def test_pool_runs_acks_at_once_and_shuts_down_warm(
+    options: dict[str, Any],
+    settings: Settings,
+    start_worker: Callable[..., CeleryWorker],
+    make_api: Callable[[Settings], Any],
+    look: BrokerLook,
+) -> None:
+    worker = start_worker(settings, **options)
+    api = make_api(settings)
+
+    # Tasks through the API, each to SUCCESS with its own result.
+    ids = [enqueue(api, "add", args=[i, 1000]) for i in range(TASKS)]
+    for i, task_id in enumerate(ids):
+        status = wait_for_task(api, task_id, timeout=60)
+        assert (status["state"], status["result"]) == ("SUCCESS", i + 1000), status
+    wait_acked(look, f"{options['pool']} after {TASKS} tasks")
+    assert look.counts() == (0, 0)
+
+    # Warm shutdown with tasks running (and, on small pools, more waiting): the running ones finish
+    # and are acked, the rest go back to the broker for the next worker, and the worker exits 0.
+    sleepers = [enqueue(api, "sleep", args=[RUNNING_TASK_SECONDS]) for _ in range(4)]
+    # SUCCESS too: on a starved machine the poll may miss the two seconds it runs.
+    wait_for_task(api, sleepers[0], timeout=30, states=("STARTED", "SUCCESS"))
+    # To the main process alone, as `docker stop` and Kubernetes do: it tells its pool what to do.
+    assert worker.pid is not None
+    os.kill(worker.pid, signal.SIGTERM)
+    wait_for(lambda: not worker.is_running(), 60, f"the {options['pool']} worker to finish its warm shutdown")
+    assert worker.returncode == 0, worker.logs()[-3000:]
+    states = [api.get(f"/tasks/{task_id}").json()["state"] for task_id in sleepers]
+    # Started means finished: a warm shutdown never leaves a task half done.
+    assert states[0] == "SUCCESS" and set(states) <= {"SUCCESS", "PENDING"}, states
+
+    def settled() -> tuple[int, int] | None:
+        ready, unacked = look.counts()
+        return (ready, unacked) if unacked == 0 else None
+
+    # Every task not run is back in its queue, none run is: the broker requeues what the closed
+    # connection held unacked, which takes RabbitMQ a moment.
+    ready, _ = wait_for(settled, 10, "nothing unacked after the warm shutdown")
+    # More ready than PENDING: a task that ran was given back as well, and would run twice.
+    tail = "\n".join(worker.logs().splitlines()[-40:])
+    assert ready == states.count("PENDING"), f"{ready} ready in the broker, task states {states}; worker log:\n{tail}"
