@@ -26,6 +26,8 @@ ENV_EXAMPLE = REPO / ".env.example"
 COMPOSE_FILES_SHARED = (REPO / "deploy" / "compose.common.yml",)
 #: The services built from the brokerstack image (the rest are brokers).
 APP_SERVICES = ("api", "worker-high", "worker-default", "beat", "flower")
+#: Runs once before the app services and exits: the settings check they wait for.
+CONFIG_CHECK = "config-check"
 #: The image tag the tests build and run, apart from a developer's brokerstack:local.
 TEST_IMAGE = "brokerstack:compose-test"
 

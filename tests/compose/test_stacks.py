@@ -25,6 +25,7 @@ from lab.results import results_dir
 from tests.compose.stack import (
     APP_SERVICES,
     COMPOSE_FILES_SHARED,
+    CONFIG_CHECK,
     REPO,
     STACKS,
     ComposeStack,
@@ -151,7 +152,7 @@ def test_config_validates_without_warnings(spec: StackSpec, docker_compose: None
     config, stderr = config_json(spec, clean_environ() | {"BROKERSTACK_ENV_FILE": str(empty)})
     assert stderr == "", f"docker compose config printed warnings:\n{stderr}"
     services = config["services"]
-    assert set(services) == set(spec.services)
+    assert set(services) == {*spec.services, CONFIG_CHECK}
 
     # API, workers, beat and Flower run one image; it is built once (by api), never pulled.
     images = {services[name]["image"] for name in APP_SERVICES}
@@ -167,13 +168,18 @@ def test_config_validates_without_warnings(spec: StackSpec, docker_compose: None
         assert services["rabbitmq"]["hostname"] == "rabbitmq"
 
     for name, service in services.items():
-        assert "healthcheck" in service and service["healthcheck"]["test"], f"{name} has no healthcheck"
         for port in service.get("ports", []):
             assert port["host_ip"] == "127.0.0.1", f"{name} publishes {port} beyond localhost"
+        if name == CONFIG_CHECK:
+            assert service["restart"] == "no" and service["environment"]["BROKER_PROFILE"] == spec.name
+            continue
+        assert "healthcheck" in service and service["healthcheck"]["test"], f"{name} has no healthcheck"
         if name in APP_SERVICES:
             assert services[name]["environment"]["BROKER_PROFILE"] == spec.name
+            # The app starts only once the brokers are healthy and the settings check passed.
             assert {dep: d["condition"] for dep, d in service["depends_on"].items()} == {
-                broker: "service_healthy" for broker in spec.services if broker not in APP_SERVICES
+                **{broker: "service_healthy" for broker in spec.services if broker not in APP_SERVICES},
+                CONFIG_CHECK: "service_completed_successfully",
             }
     assert "guest" not in json.dumps(config)
     if spec.name == "rabbitmq":
@@ -246,6 +252,11 @@ def test_production_refuses_the_development_credentials(stack: ComposeStack) -> 
         "beat": broker_variable,
         "flower": "FLOWER_PASSWORD",
     }
+    # The check `up` waits for names every development credential at once (issue 11, 6).
+    result = stack.compose("run", "--rm", "--no-deps", CONFIG_CHECK, check=False, timeout=120, env=env)
+    messages = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("brokerstack:")]
+    assert result.returncode != 0 and len(messages) == 1, (result.stdout, result.stderr)
+    assert broker_variable in messages[0] and "API_KEY" in messages[0], messages[0]
     for service, variable in expected.items():
         result = stack.compose("run", "--rm", "--no-deps", service, check=False, timeout=120, env=env)
         output = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
