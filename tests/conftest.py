@@ -21,7 +21,7 @@ os.environ.setdefault("BROKERSTACK_RESULTS_DIR", tempfile.mkdtemp(prefix="broker
 import pytest
 from fastapi.testclient import TestClient
 
-from lab.nodes import BrokerNode, make_node, resolve_driver
+from lab.nodes import BrokerNode, DriverName, make_node, resolve_driver
 from lab.processes import CeleryWorker
 from lab.stack import settings_for
 from services.api.app import create_app
@@ -32,26 +32,26 @@ BROKER_KINDS = ("redis", "rabbitmq")
 
 
 @pytest.fixture(scope="session")
-def driver() -> str:
+def driver() -> DriverName:
     return resolve_driver()
 
 
 @pytest.fixture(scope="session")
-def results_node(driver: str) -> Iterator[BrokerNode]:
+def results_node(driver: DriverName) -> Iterator[BrokerNode]:
     """A Redis for results and the outbox, apart from the broker under test on both profiles."""
     with make_node("redis", driver, name="results") as node:
         yield node
 
 
 @pytest.fixture(scope="session", params=BROKER_KINDS)
-def broker(request: pytest.FixtureRequest, driver: str) -> Iterator[BrokerNode]:
+def broker(request: pytest.FixtureRequest, driver: DriverName) -> Iterator[BrokerNode]:
     """A broker shared by the tests of a session; tests that stop or kill it use ``own_broker``."""
     with make_node(request.param, driver) as node:
         yield node
 
 
 @pytest.fixture(params=BROKER_KINDS)
-def own_broker(request: pytest.FixtureRequest, driver: str) -> Iterator[BrokerNode]:
+def own_broker(request: pytest.FixtureRequest, driver: DriverName) -> Iterator[BrokerNode]:
     """A broker for one test alone, which it may stop, kill and restart."""
     with make_node(request.param, driver) as node:
         yield node
@@ -108,4 +108,3 @@ def make_api() -> Iterator[Callable[[Settings], TestClient]]:
     yield make
     for client in clients:
         client.__exit__(None, None, None)
-

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -303,7 +303,7 @@ def _same_secret(a: SecretStr, b: SecretStr) -> bool:
     return hmac.compare_digest(a.get_secret_value().encode(), b.get_secret_value().encode())
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment (and ``overrides``), or raise ConfigError in one line."""
     try:
         return Settings(**overrides)

@@ -75,8 +75,9 @@ class RabbitCluster:
         names = [f"{self.name}-{i}" for i in range(1, self.size + 1)]
         peers = [f"{n}@localhost" for n in names]
         return [
-            ProcessRabbitNode(n, self.options, base_dir=self._dir, epmd=self._epmd, erlang_home=home,
-                              cluster_nodes=peers)
+            ProcessRabbitNode(
+                n, self.options, base_dir=self._dir, epmd=self._epmd, erlang_home=home, cluster_nodes=peers
+            )
             for n in names
         ]
 
@@ -88,8 +89,7 @@ class RabbitCluster:
         names = [f"{self.name}-{i}" for i in range(1, self.size + 1)]
         peers = [f"rabbit@{n}" for n in names]
         return [
-            DockerRabbitNode(n, self.options, network=self._network, cookie=cookie, cluster_nodes=peers)
-            for n in names
+            DockerRabbitNode(n, self.options, network=self._network, cookie=cookie, cluster_nodes=peers) for n in names
         ]
 
     # -- addresses -------------------------------------------------------
@@ -99,7 +99,7 @@ class RabbitCluster:
 
     @property
     def url(self) -> str:
-        """"amqp://...;amqp://...": kombu/Celery try the nodes in turn."""
+        """ "amqp://...;amqp://...": kombu/Celery try the nodes in turn."""
         return ";".join(self.urls)
 
     @property
@@ -150,8 +150,13 @@ class RabbitCluster:
             seen = self.running_nodes(via=members[0])
             return seen == want
 
-        poll(formed, timeout, FORMATION_POLL_INTERVAL, f"cluster {self.name} formation ({len(want)} nodes)",
-             on_timeout=lambda: f"wanted {want}, last saw {seen}\n{members[0]._log_excerpt()}")
+        poll(
+            formed,
+            timeout,
+            FORMATION_POLL_INTERVAL,
+            f"cluster {self.name} formation ({len(want)} nodes)",
+            on_timeout=lambda: f"wanted {want}, last saw {seen}\n{members[0]._log_excerpt()}",
+        )
 
     def close(self) -> None:
         """Remove every node and the cluster's shared resources; idempotent."""

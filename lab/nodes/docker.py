@@ -14,18 +14,18 @@ import os
 # set before testcontainers reads its configuration on import.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-import socket  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from . import proctree  # noqa: E402
-from .base import (  # noqa: E402
+from . import proctree
+from .base import (
     LOOPBACK,
     BrokerNode,
-    RabbitEndpoints,
-    RedisEndpoints,
     NodeError,
+    RabbitEndpoints,
     RabbitOptions,
+    RedisEndpoints,
     RedisOptions,
     amqp_probe,
     poll,
@@ -33,7 +33,7 @@ from .base import (  # noqa: E402
     redis_probe,
     untrack,
 )
-from .config import (  # noqa: E402
+from .config import (
     AMQP_CONTAINER_PORT,
     MANAGEMENT_CONTAINER_PORT,
     REDIS_CONTAINER_PORT,
@@ -42,7 +42,7 @@ from .config import (  # noqa: E402
     render_enabled_plugins,
     render_rabbitmq_conf,
 )
-from .ports import free_port  # noqa: E402
+from .ports import free_port
 from .tls import TLSFiles
 
 if TYPE_CHECKING:

@@ -26,14 +26,15 @@ def resolve_driver(driver: DriverChoice | None = None) -> DriverName:
     """driver, else $BROKERSTACK_TEST_DRIVER, else "auto"; "auto" means docker
     when an engine answers, process otherwise."""
     source = "driver argument"
+    chosen: str = driver or ""
     if driver is None:
-        driver = os.environ.get(DRIVER_ENV, "").strip().lower() or "auto"  # type: ignore[assignment]
+        chosen = os.environ.get(DRIVER_ENV, "").strip().lower() or "auto"
         source = DRIVER_ENV
-    if driver not in _CHOICES:
-        raise ValueError(f"{source} must be one of {', '.join(_CHOICES)}, not {driver!r}")
-    if driver == "auto":
+    if chosen not in _CHOICES:
+        raise ValueError(f"{source} must be one of {', '.join(_CHOICES)}, not {chosen!r}")
+    if chosen == "auto":
         return "docker" if docker_available() else "process"
-    return driver  # type: ignore[return-value]
+    return "docker" if chosen == "docker" else "process"
 
 
 def make_node(

@@ -147,13 +147,16 @@ def test_kill_keeps_durable_data_and_close_cleans_up(kind: str, driver: str, tim
         port = node.port
         assert node.is_running()
         assert node.version().startswith(kind)
-        assert node.pid() is not None and proctree.pid_alive(node.pid())  # type: ignore[arg-type]
+        pid = node.pid()
+        assert pid is not None and proctree.pid_alive(pid)
         usage = node.resource_usage()
         assert usage["rss_bytes"] > 1_000_000 and usage["cpu_seconds"] >= 0
 
         write_durable(node)
         before_kill = owned_pids(node)
-        broker_pids = proctree.process_tree(node._root_pid())  # type: ignore[attr-defined]
+        root = node._root_pid()
+        assert root is not None
+        broker_pids = proctree.process_tree(root)
 
         killed = time.monotonic()
         node.kill()
@@ -273,7 +276,10 @@ def test_process_cluster_survives_losing_a_node(timings: dict[str, float]) -> No
         first, second, _ = cluster.nodes
         with Connection(first.url, transport_options={"confirm_publish": True}) as conn:
             conn.Producer().publish(
-                PAYLOAD, routing_key=QUORUM_QUEUE.routing_key, declare=[QUORUM_QUEUE], delivery_mode=2,
+                PAYLOAD,
+                routing_key=QUORUM_QUEUE.routing_key,
+                declare=[QUORUM_QUEUE],
+                delivery_mode=2,
                 serializer="json",
             )
 

@@ -17,6 +17,7 @@ import redis
 
 from lab.nodes import (
     BrokerNode,
+    DriverName,
     ProcessSentinelGroup,
     TLSFiles,
     make_node,
@@ -44,7 +45,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
 
 
 @pytest.fixture(scope="module")
-def tls_redis(certs: TLSFiles, driver: str) -> Iterator[BrokerNode]:
+def tls_redis(certs: TLSFiles, driver: DriverName) -> Iterator[BrokerNode]:
     """TLS only, and a client certificate required: a client that works here used all of
     REDIS_SSL_CA_CERTS, REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE."""
     node = make_tls_redis_node(certs, driver, tls_auth_clients="yes")
@@ -53,7 +54,7 @@ def tls_redis(certs: TLSFiles, driver: str) -> Iterator[BrokerNode]:
 
 
 @pytest.fixture(scope="module")
-def plain_redis(driver: str) -> Iterator[BrokerNode]:
+def plain_redis(driver: DriverName) -> Iterator[BrokerNode]:
     node = make_node("redis", driver)
     with node:
         yield node

@@ -158,7 +158,7 @@ def test_settings_come_from_the_documented_environment_names(monkeypatch):
     settings = load_settings()
     assert settings.broker_url == "amqp://u:p@mq:5672/x"
     assert settings.result_backend == "redis://res:6379/4"
-    assert settings.api_key.get_secret_value() == "k"
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "k"
     assert settings.rabbitmq_queue_type == "quorum"
     assert load_settings(**{}).to_env()["BROKER_PROFILE"] == "rabbitmq"
 

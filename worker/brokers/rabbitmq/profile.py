@@ -47,7 +47,7 @@ class RabbitMQProfile(BrokerProfile):
         return RabbitMQDeadLetterStore(app)
 
     def queue_arguments(self, queue: str) -> dict[str, Any]:
-        arguments = {
+        arguments: dict[str, Any] = {
             "x-queue-type": self.settings.rabbitmq_queue_type,
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
             "x-dead-letter-routing-key": dead_letter_routing_key(queue),

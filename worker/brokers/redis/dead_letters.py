@@ -60,7 +60,7 @@ class RedisDeadLetterStore(DeadLetterStore):
         raise RuntimeError(f"could not record dead letter {letter.id}: the store kept changing")
 
     def list_letters(self, limit: int = 100) -> list[DeadLetter]:
-        ids = self._redis.zrange(self.order_key, 0, (limit - 1) if limit else -1)
+        ids: list[str] = self._redis.zrange(self.order_key, 0, (limit - 1) if limit else -1)  # type: ignore[assignment]
         if not ids:
             return []
         return [
@@ -73,7 +73,8 @@ class RedisDeadLetterStore(DeadLetterStore):
 
     def replay(self, ids: list[str] | None = None) -> list[ReplayOutcome]:
         outcomes = []
-        for letter_id in ids if ids is not None else self._redis.zrange(self.order_key, 0, -1):
+        every: list[str] = self._redis.zrange(self.order_key, 0, -1) if ids is None else []  # type: ignore[assignment]
+        for letter_id in ids if ids is not None else every:
             letter = self.get(letter_id)
             if letter is None:
                 outcomes.append(ReplayOutcome(id=letter_id, ok=False, error="no such dead letter"))

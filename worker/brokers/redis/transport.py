@@ -469,7 +469,7 @@ class Channel(BrokerstackChannel, kombu_redis.Channel):
 
 class SentinelChannel(BrokerstackChannel, kombu_redis.SentinelChannel):
     from_transport_options = kombu_redis.SentinelChannel.from_transport_options + _OPTIONS  # type: ignore[assignment]
-    connection_class_ssl = SentinelTLSConnection
+    connection_class_ssl = SentinelTLSConnection  # type: ignore[assignment]  # kombu types it as its own class
 
 
 class Transport(kombu_redis.Transport):
