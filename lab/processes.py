@@ -53,21 +53,59 @@ class ManagedProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
 
     def stop(self, timeout: float = 30) -> None:
         """Graceful: SIGTERM (Celery's warm shutdown lets running tasks finish), then SIGKILL."""
-        if not self.is_running():
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
             self._reap()
             return
         self._signal_group(signal.SIGTERM)
         try:
-            self._proc.wait(timeout)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
         self._reap()
+
+    def terminate(self, timeout: float = 60) -> float | None:
+        """Stop the way an orchestrator does (``docker stop``, a pod's deletion, systemd): SIGTERM to
+        the main process alone, whose own shutdown stops its children (signalling the group would
+        kill a prefork worker's busy pool processes from under its warm shutdown), then wait for it
+        to exit by itself. Returns the seconds it took; None if it was still running after
+        ``timeout``, when it is killed."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            self._reap()
+            return None
+        started = time.monotonic()
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        took = time.monotonic() - started
+        self._reap()
+        return took
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code once the process has exited, or None if it still runs after ``timeout``."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def kill(self) -> None:
         """SIGKILL the whole process tree, no chance to clean up."""
@@ -110,7 +148,9 @@ class ManagedProcess:
     def wait_for_log(self, pattern: str, timeout: float = 60) -> re.Match[str]:
         """Wait until the output since the last start matches ``pattern`` (a regex)."""
         regex = re.compile(pattern)
-        return self.wait_until(lambda: regex.search(self.logs()), timeout, f"log line /{pattern}/")
+        match = self.wait_until(lambda: regex.search(self.logs()), timeout, f"log line /{pattern}/")
+        assert isinstance(match, re.Match)
+        return match
 
     def wait_until(self, condition: Callable[[], object], timeout: float, what: str) -> object:
         deadline = time.monotonic() + timeout
@@ -128,6 +168,8 @@ class ManagedProcess:
         return "\n".join(self.logs(since_start=False).splitlines()[-lines:])
 
     def _signal_group(self, sig: signal.Signals) -> None:
+        if self._proc is None:
+            return
         try:
             os.killpg(self._proc.pid, sig)
         except ProcessLookupError:
@@ -159,9 +201,24 @@ class CeleryWorker(ManagedProcess):
     ) -> None:
         self.hostname = f"{name or 'worker'}-{uuid.uuid4().hex[:6]}@localhost"
         argv = [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--hostname", self.hostname, "--queues", ",".join(queues), "--pool", pool,
-            "--concurrency", str(concurrency), "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--hostname",
+            self.hostname,
+            "--queues",
+            ",".join(queues),
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
             *extra_args,
         ]
         super().__init__(self.hostname.split("@")[0], argv, env, log_dir)
@@ -179,12 +236,25 @@ class CeleryWorker(ManagedProcess):
 class ApiServer(ManagedProcess):
     """The producer API under uvicorn, on a free localhost port."""
 
-    def __init__(self, env: Mapping[str, str], *, port: int | None = None, log_dir: Path | None = None, workers: int = 1) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *, port: int | None = None, log_dir: Path | None = None, workers: int = 1
+    ) -> None:
         self.port = port or free_port()
         argv = [
-            sys.executable, "-m", "uvicorn", "--factory", "services.api.app:create_app",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-access-log",
-            "--http", NODELAY_HTTP,  # Nagle off, also with --workers
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "services.api.app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(workers),
+            "--no-access-log",
+            "--http",
+            NODELAY_HTTP,  # Nagle off, also with --workers
         ]
         super().__init__(f"api-{self.port}", argv, env, log_dir)
 

@@ -14,10 +14,18 @@ the command line over the same calls.
 """
 
 from lab.chaos.ledger import Attempt, Counts, Execution, ProducerLedger, account, load_history, save_history
-from lab.chaos.record import HEADLINE_COUNTS, RunRecord, load_records, results_dir, summary_row
-from lab.chaos.runner import ChaosRun, Progress, RunInterrupted, RunOptions, run_scenario
+from lab.chaos.record import (
+    HEADLINE_COUNTS,
+    RunRecord,
+    load_records,
+    record_mode,
+    record_transport,
+    results_dir,
+    summary_row,
+)
+from lab.chaos.runner import ChaosRun, Progress, RunInterrupted, RunOptions, parse_duration, run_scenario
 from lab.chaos.scenarios import SCENARIOS, Scenario, get_scenario
-from lab.chaos.setups import SCENARIO_NAMES, SETUPS, Setup, get_setup
+from lab.chaos.setups import ROUTINE, SCENARIO_NAMES, SETUPS, TRANSPORTS, Setup, get_setup
 
 
 def applicable_pairs(scenarios: list[str] | None = None, setups: list[str] | None = None) -> list[tuple[str, str]]:
@@ -33,9 +41,11 @@ def applicable_pairs(scenarios: list[str] | None = None, setups: list[str] | Non
 
 __all__ = [
     "HEADLINE_COUNTS",
+    "ROUTINE",
     "SCENARIOS",
     "SCENARIO_NAMES",
     "SETUPS",
+    "TRANSPORTS",
     "Attempt",
     "ChaosRun",
     "Counts",
@@ -53,6 +63,9 @@ __all__ = [
     "get_setup",
     "load_history",
     "load_records",
+    "parse_duration",
+    "record_mode",
+    "record_transport",
     "results_dir",
     "run_scenario",
     "save_history",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 Outcome = Literal["pending", "ok", "fail"]
+EventName = Literal["start", "finish", "abort"]
 
 
 @dataclass
@@ -48,9 +49,12 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Execution:
-    """One entry the workers wrote: a task ``start`` or ``finish``."""
+    """One entry the workers wrote: a task ``start`` or ``finish``, or an ``abort``: a run that
+    ended without an outcome because the worker terminated it (Celery cancels a running acks_late
+    task when its connection is lost, so it runs again from the requeued message). An aborted run
+    is not an execution: it neither counts as one nor makes the next one a duplicate."""
 
-    event: Literal["start", "finish"]
+    event: EventName
     task_id: str
     worker: str = ""
     pid: int = 0
@@ -63,8 +67,12 @@ class Execution:
     @classmethod
     def from_json(cls, raw: str | bytes) -> Execution:
         data = json.loads(raw)
+        event = data["event"]
+        # The worker writes every finish with the task's state; a terminated run has none.
+        if event == "finish" and "state" in data and data["state"] is None:
+            event = "abort"
         return cls(
-            event=data["event"],
+            event=event,
             task_id=data["task_id"],
             worker=data.get("worker") or "",
             pid=int(data.get("pid") or 0),
@@ -108,6 +116,8 @@ class Counts:
     redelivered_starts: int
     #: Acknowledged ids that started but never finished.
     started_never_finished: int
+    #: Runs the worker terminated before they had an outcome (not executions; see Execution).
+    aborted: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -125,9 +135,12 @@ def account(attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Cou
     finishes: Counter[str] = Counter()
     starts: Counter[str] = Counter()
     redelivered_starts = 0
+    aborted = 0
     for entry in executions:
         if entry.event == "finish":
             finishes[entry.task_id] += 1
+        elif entry.event == "abort":
+            aborted += 1
         elif entry.event == "start":
             starts[entry.task_id] += 1
             redelivered_starts += entry.redelivered
@@ -158,6 +171,7 @@ def account(attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Cou
         started_more_than_once=sum(1 for n in starts.values() if n > 1),
         redelivered_starts=redelivered_starts,
         started_never_finished=len({i for i in starts if i not in finishes} & acked_ids),
+        aborted=aborted,
     )
 
 
@@ -240,6 +254,8 @@ class ExecutionLog:
         #: until the task is started again).
         self.running: dict[str, Execution] = {}
         self.last_event_at = 0.0  # local time.time() when something new was read
+        #: Task ids finished more than once so far (for progress; the record counts with account()).
+        self.duplicated = 0
         self._offset = 0
 
     def poll(self) -> list[Execution]:
@@ -253,9 +269,12 @@ class ExecutionLog:
         for entry in new:
             if entry.event == "finish":
                 self.finished[entry.task_id] += 1
+                self.duplicated += self.finished[entry.task_id] == 2
                 self.running.pop(entry.task_id, None)
             elif entry.event == "start":
                 self.running[entry.task_id] = entry
+            elif entry.event == "abort":
+                self.running.pop(entry.task_id, None)
         self.last_event_at = time.time()
         return new
 
@@ -278,6 +297,7 @@ class MemoryExecutionLog:
         self.finished: Counter[str] = Counter()
         self.running: dict[str, Execution] = {}
         self.last_event_at = 0.0
+        self.duplicated = 0
 
     def add(self, task_id: str, worker: str = "runner") -> None:
         now = time.time()
@@ -290,6 +310,9 @@ class MemoryExecutionLog:
 
     def poll_all(self) -> None:
         return None
+
+    def starts_after(self, t: float) -> Iterator[Execution]:
+        return iter(())  # the runner records finishes only
 
     def close(self) -> None:
         return None
@@ -340,13 +363,29 @@ def load_history(path: Path) -> History:
     db = sqlite3.connect(path)
     try:
         attempts = [
-            Attempt(index=row[0], task_id=row[1], kind=row[2], invoked_at=row[3], outcome=row[4],
-                    completed_at=row[5], error=row[6])
+            Attempt(
+                index=row[0],
+                task_id=row[1],
+                kind=row[2],
+                invoked_at=row[3],
+                outcome=row[4],
+                completed_at=row[5],
+                error=row[6],
+            )
             for row in db.execute("SELECT idx, task_id, kind, invoked_at, outcome, completed_at, error FROM attempts")
         ]
         executions = [
-            Execution(event=row[0], task_id=row[1], name=row[2] or "", worker=row[3] or "", pid=row[4] or 0,
-                      attempt=row[5] or 0, redelivered=bool(row[6]), t=row[7] or 0.0, state=row[8])
+            Execution(
+                event=_saved_event(row[0], row[2], row[8]),
+                task_id=row[1],
+                name=row[2] or "",
+                worker=row[3] or "",
+                pid=row[4] or 0,
+                attempt=row[5] or 0,
+                redelivered=bool(row[6]),
+                t=row[7] or 0.0,
+                state=row[8],
+            )
             for row in db.execute(
                 "SELECT event, task_id, name, worker, pid, attempt, redelivered, t, state FROM executions ORDER BY seq"
             )
@@ -354,6 +393,12 @@ def load_history(path: Path) -> History:
     finally:
         db.close()
     return History(attempts, executions)
+
+
+def _saved_event(event: EventName, name: str | None, state: str | None) -> EventName:
+    """Histories saved before aborts had an event of their own: a worker's finish (it names the task)
+    without a state was one."""
+    return "abort" if event == "finish" and name and state is None else event
 
 
 def pending_counts(attempts: Iterable[Attempt], finished: Counter[str]) -> tuple[int, int]:

@@ -119,8 +119,9 @@ class CeleryLoad(threading.Thread):
         app = create_celery(self.settings, main="chaos-producer", producer_only=True)
         self.started_at = time.time()
         try:
-            helpers = [threading.Thread(target=self._publish_loop, args=(app,), daemon=True)
-                       for _ in range(self.threads - 1)]
+            helpers = [
+                threading.Thread(target=self._publish_loop, args=(app,), daemon=True) for _ in range(self.threads - 1)
+            ]
             for helper in helpers:
                 helper.start()
             self._publish_loop(app)
@@ -269,3 +270,48 @@ class ApiLoad:
             self.stats.refusals += 1
             self.stats.refusal_latencies.append(latency)
         self.stop_event.wait(FAILURE_BACKOFF)
+
+
+class SinglePublisher:
+    """Publishes one task at a time from the caller's thread, for scenarios that publish the next
+    task only once the last one ran (idle-kill). Same ledger rules as :class:`CeleryLoad`."""
+
+    def __init__(self, settings: Settings, ledger: ProducerLedger, *, id_prefix: str) -> None:
+        from worker.celery_app import create_celery
+
+        self.app = create_celery(settings, main="chaos-producer", producer_only=True)
+        self.ledger = ledger
+        self.id_prefix = id_prefix
+        self.index = 0
+        self.error: BaseException | None = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+
+    def publish(self, name: str, args: list, kind: str) -> str | None:
+        """The task id if the publish was acknowledged, else None (recorded as failed)."""
+        if self.started_at is None:
+            self.started_at = time.time()
+        task_id = f"{self.id_prefix}-{self.index:07d}"
+        self.index += 1
+        attempt = self.ledger.invoke(task_id, kind)
+        try:
+            self.app.tasks[name].apply_async(args, task_id=task_id)
+        except Exception as exc:  # noqa: BLE001 - any failure: not acknowledged
+            self.ledger.fail(attempt, f"{type(exc).__name__}: {exc}")
+            return None
+        self.ledger.ok(attempt)
+        return task_id
+
+    def finish(self) -> None:
+        self.finished_at = time.time()
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at is not None
+
+    def stop(self, timeout: float = 0) -> None:
+        self.finished_at = self.finished_at or time.time()
+        try:
+            self.app.close()
+        except Exception:  # noqa: BLE001
+            pass

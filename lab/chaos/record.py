@@ -1,5 +1,10 @@
 """The JSON record every chaos run leaves behind, and reading records back for tables.
 
+Every record names the Redis transport it ran on (``transport``: "brokerstack" or "kombu"; None on
+RabbitMQ; records from before it was recorded read as "brokerstack"), and a soak (a run with
+``parameters.duration``) is kept apart from the fixed-size runs, so tables show both transports and
+both modes side by side.
+
 Layout: ``<results dir>/chaos/<scenario>/<setup>/<UTC timestamp>-<run id>.json``; the results dir
 is ``--results-dir``, else ``$BROKERSTACK_RESULTS_DIR``, else ``results/``. A run's bulky side
 (worker and API logs, the full history as SQLite) goes to ``<results dir>/tmp/chaos/<run id>/``.
@@ -10,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from lab.chaos.ledger import Counts
+from lab.chaos.setups import DEFAULT_TRANSPORT
 
 #: Bumped when the record's layout changes incompatibly.
 SCHEMA = "brokerstack.chaos/1"
@@ -32,8 +39,13 @@ def results_dir(explicit: str | Path | None = None) -> Path:
 
 def package_versions() -> dict[str, str]:
     versions = {}
-    for label, dist in (("celery", "celery"), ("kombu", "kombu"), ("redis-py", "redis"), ("amqp", "amqp"),
-                        ("brokerstack", "brokerstack")):
+    for label, dist in (
+        ("celery", "celery"),
+        ("kombu", "kombu"),
+        ("redis-py", "redis"),
+        ("amqp", "amqp"),
+        ("brokerstack", "brokerstack"),
+    ):
         try:
             versions[label] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -56,7 +68,9 @@ class RunRecord:
     timings: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     drained: bool = False
-    #: "lost == 0" when the setup promises it for this scenario, else None.
+    #: Redis: the transport that carried the messages (REDIS_TRANSPORT); None on RabbitMQ.
+    transport: str | None = None
+    #: "lost == 0" (or "lost == 0, duplicated == 0") when the setup promises it, else None.
     guarantee: str | None = None
     #: True/False when a guarantee applies and the run completed, else None.
     guarantee_held: bool | None = None
@@ -82,6 +96,7 @@ class RunRecord:
             "finished_at": self.finished_at,
             "duration_s": self.duration_s,
             "driver": self.driver,
+            "transport": self.transport,
             "versions": self.versions,
             "parameters": self.parameters,
             "counts": self.counts.to_dict() if self.counts is not None else None,
@@ -114,11 +129,43 @@ def write_record(record: RunRecord, base: Path) -> Path:
     return path
 
 
+def record_transport(data: dict[str, Any]) -> str | None:
+    """A record's Redis transport; records from before the choice existed ran on brokerstack's."""
+    if "transport" in data:
+        return data["transport"]
+    broker = ((data.get("parameters") or {}).get("setup") or {}).get("broker")
+    if broker is None:
+        from lab.chaos.setups import SETUPS
+
+        setup = SETUPS.get(data.get("setup", ""))
+        broker = setup.broker if setup else "redis"
+    return DEFAULT_TRANSPORT if broker == "redis" else None
+
+
+def record_mode(data: dict[str, Any]) -> str:
+    """ "soak" for a run that injected faults until a time was up, "fixed" for K faults in N tasks."""
+    return "soak" if (data.get("parameters") or {}).get("duration") else "fixed"
+
+
+def record_size(data: dict[str, Any]) -> int:
+    """Tasks a run put through: its --tasks, or for a soak (which has no fixed size) what it attempted."""
+    if record_mode(data) == "soak":
+        return int((data.get("counts") or {}).get("attempted") or 0)
+    return int((data.get("parameters") or {}).get("tasks", 0) or 0)
+
+
 def load_records(
-    base: Path, *, latest_only: bool = True, min_tasks: int = 0, driver: str | None = None
+    base: Path,
+    *,
+    latest_only: bool = True,
+    min_tasks: int = 0,
+    driver: str | None = None,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """Records under ``base/chaos`` (completed runs only), the newest per scenario x setup by default."""
-    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """Records under ``base/chaos`` (completed runs only), by default the newest per scenario x setup x
+    transport x mode (so both Redis transports, and a soak beside the fixed run, appear side by side).
+    Each comes with ``transport`` filled in (old records: brokerstack's) and ``_path``."""
+    found: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for path in sorted((base / "chaos").glob("*/*/*.json")):
         try:
             data = json.loads(path.read_text())
@@ -126,14 +173,18 @@ def load_records(
             continue
         if data.get("schema") != SCHEMA or data.get("status") != "completed":
             continue
-        if (data.get("parameters") or {}).get("tasks", 0) < min_tasks:
+        if record_size(data) < min_tasks:
             continue
         if driver is not None and data.get("driver") != driver:
             continue
+        if keep is not None and not keep(data):
+            continue
         data["_path"] = str(path)
-        found.setdefault((data["scenario"], data["setup"]), []).append(data)
+        data["transport"] = record_transport(data)
+        key = (data["scenario"], data["setup"], data["transport"] or "", record_mode(data))
+        found.setdefault(key, []).append(data)
     out = []
-    for key in sorted(found):
+    for key in sorted(found, key=_table_order):
         runs = sorted(found[key], key=lambda d: d["started_at"])
         out.extend(runs[-1:] if latest_only else runs)
     return out
@@ -143,11 +194,16 @@ def summary_row(data: dict[str, Any]) -> dict[str, Any]:
     """The table row of a record (a dict as written by :meth:`RunRecord.to_dict`)."""
     counts = data.get("counts") or {}
     timings = data.get("timings") or {}
+    faults = len(data.get("faults") or [])
     return {
         "scenario": data["scenario"],
         "setup": data["setup"],
-        "faults": len(data.get("faults") or []),
+        "transport": record_transport(data),
+        "mode": record_mode(data),
+        "faults": faults,
         **{key: counts.get(key) for key in HEADLINE_COUNTS},
+        "lost_per_fault": _per(counts.get("lost"), faults),
+        "duplicated_per_fault": _per(counts.get("duplicated"), faults),
         "unexpected": counts.get("unexpected"),
         "redelivery_s": (timings.get("redelivery_delay_s") or {}).get("max"),
         "recovery_s": (timings.get("recovery_s") or {}).get("max"),
@@ -158,3 +214,14 @@ def summary_row(data: dict[str, Any]) -> dict[str, Any]:
         "duration_s": data.get("duration_s"),
         "status": data.get("status"),
     }
+
+
+def _per(value: int | None, faults: int) -> float | None:
+    return None if value is None or not faults else value / faults
+
+
+def _table_order(key: tuple[str, str, str, str]) -> tuple[Any, ...]:
+    """By scenario and setup (the order labels in the report follow), brokerstack's transport before kombu's,
+    the fixed run before the soak."""
+    scenario, setup, transport, mode = key
+    return (scenario, setup, transport not in ("", DEFAULT_TRANSPORT), transport, mode != "fixed")

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lab.chaos.ledger import (
     ExecutionLog,
@@ -36,10 +36,12 @@ from lab.chaos.ledger import (
     save_history,
 )
 from lab.chaos.record import RunRecord, package_versions, results_dir, write_record
-from lab.chaos.setups import GUARANTEE_NO_LOSS, Setup, get_setup
+from lab.chaos.setups import DEFAULT_TRANSPORT, GUARANTEE_EXACTLY_ONCE, GUARANTEE_NO_LOSS, TRANSPORTS, Setup, get_setup
 from lab.chaos.stack import Stack
 from lab.interrupts import no_interrupts, sigterm_raises
 from lab.nodes import resolve_driver
+from lab.nodes.factory import DriverChoice
+from worker.settings import Settings
 from worker.topology import DEAD_LETTER_QUEUE
 
 log = logging.getLogger(__name__)
@@ -48,12 +50,36 @@ log = logging.getLogger(__name__)
 DRAIN_SETTLE = 2.0
 #: Task ids as they appear in Redis' AOF: the runner's own (chaos-<run>-<n>) and Celery's UUIDs
 #: (the API chooses those).
-TASK_ID_IN_AOF = re.compile(
-    rb"chaos-[0-9a-f]{8}-[0-9-]+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-)
+TASK_ID_IN_AOF = re.compile(rb"chaos-[0-9a-f]{8}-[0-9-]+|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: Seconds between progress callbacks while waiting.
 PROGRESS_INTERVAL = 0.2
 POLL_INTERVAL = 0.1
+#: Redis: the visibility timeout must exceed a run's longest task by this much (a task may wait in
+#: the worker's prefetch window before it starts).
+VISIBILITY_MARGIN = 3.0
+#: A soak's "lost so far": an acknowledged task counts once it has not run this long after its
+#: redelivery could have happened (provisional; the record counts after the drain).
+PROVISIONAL_LOST_SLACK = 30.0
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|h|m|s)?", re.IGNORECASE)
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``20m``, ``90s``, ``1h``, ``1h30m`` or a plain number of seconds."""
+    value = text.strip()
+    total, position = 0.0, 0
+    for match in _DURATION.finditer(value):
+        if match.start() != position or (match.group(2) is None and match.end() != len(value)):
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2) and match.group(2).lower()]
+        position = match.end()
+        while position < len(value) and value[position] == " ":
+            position += 1
+    if not value or position != len(value):
+        raise ValueError(f"not a duration: {text!r} (write e.g. 20m, 90s, 1h, 1h30m)")
+    if total <= 0:
+        raise ValueError(f"a duration must be more than 0: {text!r}")
+    return total
 
 
 @dataclass(frozen=True)
@@ -89,6 +115,13 @@ class RunOptions:
     publish_timeout: float = 4.0
     #: publish-kill: seconds between the last publish returning and the kill.
     kill_after: float = 0.2
+    #: Redis: which transport carries the messages (REDIS_TRANSPORT). Ignored on RabbitMQ.
+    transport: str = DEFAULT_TRANSPORT
+    #: Soak: inject faults at random intervals until this many seconds have passed (``tasks``
+    #: and ``kills`` then do not apply); None: K faults in N tasks.
+    duration: float | None = None
+    #: Soak: mean seconds between two faults (each gap drawn from 0.5x..1.5x of it, seeded).
+    fault_interval: float = 8.0
     #: Upper bound on draining after the load ends.
     drain_timeout: float = 300.0
     driver: str | None = None
@@ -105,6 +138,12 @@ class RunOptions:
             raise ValueError("kill_target must be worker, child or both")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError("duration must be more than 0 seconds")
+        if self.fault_interval <= 0:
+            raise ValueError("fault_interval must be more than 0 seconds")
 
 
 @dataclass(frozen=True)
@@ -121,6 +160,12 @@ class Progress:
     total: int
     faults_done: int
     faults_total: int
+    #: Soak: seconds since the run started and the planned duration (None for a fixed run).
+    elapsed_s: float = 0.0
+    duration_s: float | None = None
+    #: Soak: acknowledged tasks overdue (provisionally lost) and task ids run twice so far.
+    lost_so_far: int | None = None
+    duplicated_so_far: int | None = None
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -142,7 +187,7 @@ class ChaosRun:
         progress: ProgressCallback | None = None,
         results: str | Path | None = None,
     ) -> None:
-        from lab.chaos.scenarios import get_scenario
+        from lab.chaos.scenarios import SCENARIOS, get_scenario
 
         self.scenario = get_scenario(scenario)
         self.setup = get_setup(setup) if isinstance(setup, str) else setup
@@ -155,12 +200,23 @@ class ChaosRun:
         self.rate_auto = self.options.rate is None
         if self.rate_auto:
             self.options = replace(self.options, rate=round(self.scenario.auto_rate(self.setup, self.options), 1))
+        if self.options.duration is not None and not self.scenario.soak:
+            soaks = ", ".join(name for name, s in SCENARIOS.items() if s.soak)
+            raise ValueError(f"scenario {self.scenario.name} has no soak mode (--duration); these do: {soaks}")
+        self.transport = self.setup.transport_for(self.options.transport)
+        longest = self.scenario.longest_task(self.options)
+        if self.setup.broker == "redis" and longest and self.options.visibility_timeout < longest + VISIBILITY_MARGIN:
+            raise ValueError(
+                f"{self.scenario.name} runs tasks of up to {longest:g} s: a visibility timeout of "
+                f"{self.options.visibility_timeout} s would hand them out again while they run (set at least "
+                f"{longest + VISIBILITY_MARGIN:g})"
+            )
         self.progress_callback = progress
         self.results_dir = results_dir(results)
         self.run_id = secrets.token_hex(4)
         self.seed = self.options.seed if self.options.seed is not None else random.SystemRandom().randrange(2**31)
         self.rng = random.Random(self.seed)
-        self.driver = resolve_driver(self.options.driver)
+        self.driver = resolve_driver(cast("DriverChoice | None", self.options.driver))
         self.workdir = self.results_dir / "tmp" / "chaos" / self.run_id
         self.stack = Stack(self.setup, self.driver, self.workdir, cluster=self.scenario.cluster)
         self.ledger = ProducerLedger()
@@ -173,6 +229,7 @@ class ChaosRun:
             driver=self.driver,
             parameters={},
             workdir=self.workdir,
+            transport=self.transport,
         )
         self.faults_done = 0
         self.faults_total = self.scenario.faults_planned(self.options)
@@ -185,6 +242,10 @@ class ChaosRun:
         self.timings: dict[str, Any] = {}
         self._watched_exits: set[int] = set()
         self._loads: list[Any] = []
+        #: Soak: set when Ctrl-C/SIGTERM ended the fault loop early (the run then drains and counts).
+        self.stopped_early = False
+        self._overdue_cursor = 0
+        self._overdue: set[str] = set()
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -195,7 +256,12 @@ class ChaosRun:
         record = self.record
         record.versions = package_versions()
         record.parameters = self._parameters()
-        record.guarantee = self.setup.guarantee_for(self.scenario.name)
+        record.guarantee = self.setup.guarantee_for(self.scenario.name, self.transport)
+        if self.setup.broker != "redis" and self.options.transport != DEFAULT_TRANSPORT:
+            self.note(
+                f"--transport {self.options.transport} does not apply to {self.setup.name}: the transport "
+                "choice is Redis'; RabbitMQ runs on kombu's py-amqp transport either way"
+            )
         with sigterm_raises(RunInterrupted):
             try:
                 self.emit("starting", f"{self.scenario.name} on {self.setup.name} ({self.driver})", force=True)
@@ -206,6 +272,8 @@ class ChaosRun:
             except KeyboardInterrupt:
                 record.status = "interrupted"
                 record.error = "interrupted (Ctrl-C or SIGTERM)"
+                with no_interrupts():
+                    self._count_interrupted()
                 raise
             except BaseException as exc:
                 record.status = "failed"
@@ -225,8 +293,23 @@ class ChaosRun:
         self._check_aof()
         if self.record.guarantee == GUARANTEE_NO_LOSS:
             self.record.guarantee_held = counts.lost == 0
+        elif self.record.guarantee == GUARANTEE_EXACTLY_ONCE:
+            self.record.guarantee_held = counts.lost == 0 and counts.duplicated == 0
         if counts.unexpected:
             self.note(f"{counts.unexpected} executed task ids were never attempted")
+
+    def _count_interrupted(self) -> None:
+        """What was counted before an interrupt, kept in the record (not drained: ``lost`` then
+        includes tasks that had simply not run yet; ``status`` says so)."""
+        try:
+            self.executions.poll_all()
+            self.record.counts = account(self.ledger.attempts(), self.executions.entries)
+            self.note(
+                "interrupted before the drain: the counts are what had happened so far, and lost "
+                "includes tasks that had not run yet"
+            )
+        except Exception as exc:  # noqa: BLE001 - the ledger node may be what failed
+            self.note(f"could not count after the interrupt: {exc!r}")
 
     def _check_aof(self) -> dict[str, Any] | None:
         """Redis with AOF, as evidence beside the counts: which acknowledged task ids Redis never
@@ -249,8 +332,10 @@ class ChaosRun:
         }
         self.record.details["aof"] = details
         if details["lost_in_aof"]:
-            self.note(f"{details['lost_in_aof']} lost task(s) are in Redis' AOF: Redis stored them and handed "
-                      "them out, and they never ran")
+            self.note(
+                f"{details['lost_in_aof']} lost task(s) are in Redis' AOF: Redis stored them and handed "
+                "them out, and they never ran"
+            )
         return details
 
     def _finish(self) -> None:
@@ -298,6 +383,17 @@ class ChaosRun:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def settings(self) -> Settings:
+        """The stack's settings (once the scenario made them)."""
+        assert self.stack.settings is not None, "make the stack's settings first"
+        return self.stack.settings
+
+    @property
+    def rate(self) -> float:
+        """The publish rate, resolved (0: as fast as the producer goes)."""
+        return self.options.rate or 0.0
+
     # --- helpers the scenarios use ---------------------------------------------------------------
 
     def register_load(self, load: Any) -> None:
@@ -311,6 +407,7 @@ class ChaosRun:
             values.update(ledger_url=self.stack.aux.url, ledger_run=self.run_id)
         if self.setup.broker == "redis":
             values.update(
+                redis_transport=self.transport,
                 redis_visibility_timeout=o.visibility_timeout,
                 redis_unacked_restore_interval=o.restore_interval,
                 redis_unacked_restore_throttle=o.restore_throttle,
@@ -335,13 +432,49 @@ class ChaosRun:
             return
         self._last_progress = now
         acked, executed = pending_counts(self.ledger.attempts(), self.executions.finished)
+        soak = self.options.duration is not None
         self.progress_callback(
             Progress(
-                scenario=self.scenario.name, setup=self.setup.name, phase=phase, message=message,
-                attempted=self.ledger.attempted, acknowledged=acked, executed=executed,
-                total=self.options.tasks, faults_done=self.faults_done, faults_total=self.faults_total,
+                scenario=self.scenario.name,
+                setup=self.setup.name,
+                phase=phase,
+                message=message,
+                attempted=self.ledger.attempted,
+                acknowledged=acked,
+                executed=executed,
+                total=self.options.tasks,
+                faults_done=self.faults_done,
+                faults_total=self.faults_total,
+                elapsed_s=self.elapsed(),
+                duration_s=self.options.duration,
+                lost_so_far=self.overdue() if soak else None,
+                duplicated_so_far=getattr(self.executions, "duplicated", 0) if soak else None,
             )
         )
+
+    def redelivery_bound(self) -> float:
+        """Longest a delivered-but-unacked message may take to run again after its worker died."""
+        o = self.options
+        if self.setup.broker == "redis":
+            return o.visibility_timeout + o.restore_interval * o.restore_throttle + o.long_task_seconds
+        return o.long_task_seconds
+
+    def overdue(self) -> int:
+        """Acknowledged tasks not run though their redelivery bound (plus slack) has passed: the
+        soak's "lost so far". Incremental: each attempt is looked at once when it becomes due, and
+        the overdue ones again until they run."""
+        horizon = time.time() - self.redelivery_bound() - PROVISIONAL_LOST_SLACK
+        attempts = self.ledger.attempts()
+        finished = self.executions.finished
+        while self._overdue_cursor < len(attempts):
+            attempt = attempts[self._overdue_cursor]
+            if attempt.outcome == "pending" or (attempt.completed_at or 0) > horizon:
+                break
+            if attempt.acknowledged and attempt.task_id is not None and not finished.get(attempt.task_id):
+                self._overdue.add(attempt.task_id)
+            self._overdue_cursor += 1
+        self._overdue = {task_id for task_id in self._overdue if not finished.get(task_id)}
+        return len(self._overdue)
 
     def tick(self, phase: str | None = None, message: str = "") -> None:
         """Read new ledger entries, watch the workers, report progress."""
@@ -349,9 +482,7 @@ class ChaosRun:
         self._watch_workers()
         self.emit(phase or self._phase, message)
 
-    def wait_until(
-        self, condition: Callable[[], Any], timeout: float, what: str, *, phase: str | None = None
-    ) -> Any:
+    def wait_until(self, condition: Callable[[], Any], timeout: float, what: str, *, phase: str | None = None) -> Any:
         """Poll ``condition`` (after reading new ledger entries) until truthy; None at the deadline."""
         deadline = time.monotonic() + timeout
         while True:
@@ -425,8 +556,10 @@ class ChaosRun:
         self.timings["drain_s"] = time.time() - started
         self.record.details["pending_at_end"] = pending
         if not drained:
-            self.note(f"not drained: {pending} message(s) still in the broker after "
-                      f"{time.time() - started:.0f} s (counts taken anyway)")
+            self.note(
+                f"not drained: {pending} message(s) still in the broker after "
+                f"{time.time() - started:.0f} s (counts taken anyway)"
+            )
         if self.setup.broker == "rabbitmq":
             try:
                 self.record.details["dead_lettered"] = self.stack.rabbit_queue_depths().get(DEAD_LETTER_QUEUE, 0)
@@ -444,8 +577,10 @@ class ChaosRun:
         setup = self.setup.describe()
         params["setup"] = {k: setup[k] for k in ("broker", "redis", "settings", "cluster_size")}
         if self.setup.broker != "redis":
-            for key in ("visibility_timeout", "restore_interval", "restore_throttle"):
+            for key in ("visibility_timeout", "restore_interval", "restore_throttle", "transport"):
                 params.pop(key, None)
+        if params["duration"] is None:
+            params.pop("fault_interval", None)
         return params
 
 
@@ -465,8 +600,13 @@ def summarize(values: list[float | None]) -> dict[str, Any] | None:
     present = [v for v in values if v is not None]
     if not present:
         return None
-    return {"min": min(present), "max": max(present), "mean": statistics.fmean(present), "n": len(present),
-            "missing": len(values) - len(present)}
+    return {
+        "min": min(present),
+        "max": max(present),
+        "mean": statistics.fmean(present),
+        "n": len(present),
+        "missing": len(values) - len(present),
+    }
 
 
 def _rounded(value: Any) -> Any:
@@ -483,4 +623,13 @@ def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-__all__ = ["ChaosRun", "Progress", "ProgressCallback", "RunInterrupted", "RunOptions", "run_scenario", "summarize"]
+__all__ = [
+    "ChaosRun",
+    "Progress",
+    "ProgressCallback",
+    "RunInterrupted",
+    "RunOptions",
+    "parse_duration",
+    "run_scenario",
+    "summarize",
+]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.chaos.setups import Setup
-from lab.nodes import BrokerNode, RabbitCluster, make_node
+from lab.nodes import BrokerNode, DriverName, RabbitCluster, make_node
 from lab.processes import ApiServer, CeleryWorker, ManagedProcess
 from lab.stack import settings_for
 from worker.settings import Settings, load_settings
@@ -31,7 +31,7 @@ REDIS_UNACKED_INDEX_KEY = "unacked_index"
 
 
 class Stack:
-    def __init__(self, setup: Setup, driver: str, workdir: Path, *, cluster: bool = False) -> None:
+    def __init__(self, setup: Setup, driver: DriverName, workdir: Path, *, cluster: bool = False) -> None:
         self.setup = setup
         self.driver = driver
         self.workdir = workdir
@@ -95,8 +95,11 @@ class Stack:
         values = {**self.setup.settings, **overrides}
         if self.cluster is not None:
             self.settings = load_settings(
-                environment="test", broker_profile="rabbitmq", rabbitmq_url=self.cluster.url,
-                redis_url=self.aux.url, **values,
+                environment="test",
+                broker_profile="rabbitmq",
+                rabbitmq_url=self.cluster.url,
+                redis_url=self.aux.url,
+                **values,
             )
         else:
             assert self.broker is not None
@@ -115,8 +118,12 @@ class Stack:
         assert self.settings is not None, "make_settings() first"
         self._worker_seq += 1
         worker = CeleryWorker(
-            self.settings.to_env(), queues=WORK_QUEUES, pool=pool, concurrency=concurrency,
-            name=f"chaos-w{self._worker_seq}", log_dir=self.log_dir,
+            self.settings.to_env(),
+            queues=WORK_QUEUES,
+            pool=pool,
+            concurrency=concurrency,
+            name=f"chaos-w{self._worker_seq}",
+            log_dir=self.log_dir,
         )
         self.workers.append(worker)
         self._resources.append(("worker", worker))

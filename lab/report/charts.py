@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 #: No timestamps or versions inside the PNGs: the same records give the same bytes.
 _PNG_METADATA = {"Software": None}
@@ -47,8 +47,13 @@ def throughput_chart(bench: list[dict[str, Any]], path: Path) -> Path | None:
         series[f"brokerstack, {pool}"] = [
             ((r["end_to_end"].get("pools") or {}).get(pool) or {}).get("consume", {}).get("per_s", 0) for r in bench
         ]
-    return _grouped_bars(setups, series, path, ylabel="messages / tasks per second",
-                         title="Consume throughput: raw client ceiling vs brokerstack end to end (no-op tasks)")
+    return _grouped_bars(
+        setups,
+        series,
+        path,
+        ylabel="messages / tasks per second",
+        title="Consume throughput: raw client ceiling vs brokerstack end to end (no-op tasks)",
+    )
 
 
 def latency_chart(bench: list[dict[str, Any]], path: Path, pool: str = "solo") -> Path | None:
@@ -81,5 +86,10 @@ def durability_chart(rows: list[dict[str, Any]], path: Path) -> Path | None:
     for scenario in scenarios:
         lost = {r["setup"]: r["lost"] or 0 for r in rows if r["scenario"] == scenario}
         series[scenario] = [lost.get(s, 0) for s in setups]
-    return _grouped_bars(setups, series, path, ylabel="acknowledged tasks lost",
-                         title="What a kill cost: acknowledged but never executed")
+    return _grouped_bars(
+        setups,
+        series,
+        path,
+        ylabel="acknowledged tasks lost",
+        title="What a kill cost: acknowledged but never executed",
+    )

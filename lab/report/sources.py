@@ -13,6 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from lab.chaos.record import load_records as load_chaos_records
+from lab.chaos.record import record_mode, record_size
+from lab.chaos.setups import ROUTINE
+
+#: The published durability table counts only chaos runs this large (smaller ones are test runs)...
+PUBLISHED_MIN_CHAOS_TASKS = 5000
+#: ...except the routine operations, whose size is their faults (a rolling deploy runs a few tasks a
+#: second: 5,000 of them would take an hour), and soaks, sized by their hard kills.
+PUBLISHED_MIN_ROUTINE_FAULTS = 20
+PUBLISHED_MIN_SOAK_FAULTS = 100
 
 BENCH_SCHEMA = "brokerstack.bench/1"
 PRIORITY_SCHEMA = "brokerstack.priority/1"
@@ -52,11 +61,27 @@ class Sources:
 
 def load_sources(root: Path, *, min_chaos_tasks: int = 0) -> Sources:
     sources = Sources(root=root)
-    sources.chaos = load_chaos_records(root, latest_only=True, min_tasks=min_chaos_tasks)
+    sources.chaos = load_chaos_records(root, latest_only=True, keep=_published(min_chaos_tasks))
     sources.bench = _latest_bench(root)
     sources.priority = _json_records(root / "priority", PRIORITY_SCHEMA)
     sources.label_all()
     return sources
+
+
+def _published(min_chaos_tasks: int) -> Any:
+    """Which chaos records a report at this size counts (0: every completed one)."""
+    if not min_chaos_tasks:
+        return None
+
+    def keep(data: dict[str, Any]) -> bool:
+        faults = len(data.get("faults") or [])
+        if record_mode(data) == "soak":
+            return faults >= PUBLISHED_MIN_SOAK_FAULTS
+        if data.get("scenario") in ROUTINE:
+            return faults >= PUBLISHED_MIN_ROUTINE_FAULTS
+        return record_size(data) >= min_chaos_tasks
+
+    return keep
 
 
 def _json_records(directory: Path, schema: str) -> list[dict[str, Any]]:
@@ -88,15 +113,21 @@ def _latest_bench(root: Path) -> list[dict[str, Any]]:
 
 def _describe_chaos(r: dict[str, Any]) -> str:
     p = r.get("parameters") or {}
-    return (f"chaos {r['scenario']} on {r['setup']} ({r['driver']}, {r['versions'].get('broker', '?')}), "
-            f"run {r['run_id']} of {r['started_at'][:16]}Z, {p.get('tasks')} tasks, {p.get('kills')} faults")
+    return (
+        f"chaos {r['scenario']} on {r['setup']} ({r['driver']}, {r['versions'].get('broker', '?')}), "
+        f"run {r['run_id']} of {r['started_at'][:16]}Z, {p.get('tasks')} tasks, {p.get('kills')} faults"
+    )
 
 
 def _describe_bench(r: dict[str, Any]) -> str:
-    return (f"bench {r['setup']} ({r['mode']}, {r['driver']}, {r.get('broker_version', '?')}), "
-            f"run {r['run_id']} of {r.get('started_at', '?')[:16]}Z")
+    return (
+        f"bench {r['setup']} ({r['mode']}, {r['driver']}, {r.get('broker_version', '?')}), "
+        f"run {r['run_id']} of {r.get('started_at', '?')[:16]}Z"
+    )
 
 
 def _describe_priority(r: dict[str, Any]) -> str:
-    return (f"priority on {r['broker_version']} {r['queue_type']} ({r['driver']}), "
-            f"{r['backlog_low']} low then {r['urgent_high']} urgent, written {r.get('written_at', '?')}")
+    return (
+        f"priority on {r['broker_version']} {r['queue_type']} ({r['driver']}), "
+        f"{r['backlog_low']} low then {r['urgent_high']} urgent, written {r.get('written_at', '?')}"
+    )

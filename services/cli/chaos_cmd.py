@@ -2,8 +2,15 @@
 
     brokerstack chaos list
     brokerstack chaos run --scenario broker-kill --setup rabbitmq-confirms [--tasks N] [--kills K] [--seed X] [--json]
-    brokerstack chaos matrix [--tasks N] [--kills K] [--scenario S ...] [--setup P ...]
+    brokerstack chaos run --scenario worker-kill --setup redis-everysec --duration 20m [--transport kombu]
+    brokerstack chaos matrix [--tasks N] [--kills K] [--scenario S ...] [--setup P ...] [--transport T ...]
     brokerstack chaos table [--results-dir DIR]
+
+``--transport brokerstack|kombu`` picks the Redis transport (REDIS_TRANSPORT) of the Redis setups, so
+each claim about brokerstack's is measured against kombu's own; it does not apply to RabbitMQ. Each
+record names its transport, and the tables show both side by side. ``--duration`` makes a soak:
+faults at random (seeded) intervals until the time is up; Ctrl-C ends it early, still drained and
+counted.
 
 Each run starts its own broker nodes (containers, or local broker processes with
 ``--driver process``), workers and producer, stops them afterwards (Ctrl-C included), writes a JSON
@@ -16,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +49,30 @@ stderr = Console(stderr=True, highlight=False)
 DRIVER_HELP = "docker | process (default: $BROKERSTACK_TEST_DRIVER, else docker when an engine answers)"
 RESULTS_HELP = "where records go (default: $BROKERSTACK_RESULTS_DIR, else results/)"
 KEEP_HELP = "keep worker/API logs and the SQLite history of a completed run under <results>/tmp/chaos/<run id>/"
+TRANSPORT_HELP = "Redis setups: brokerstack | kombu (REDIS_TRANSPORT); does not apply to RabbitMQ setups"
+DURATION_HELP = (
+    "soak: inject faults at random intervals until this much time has passed, e.g. 20m, 90s, 1h "
+    "(--tasks and --kills then do not apply; worker-kill only)"
+)
+
+
+def _check_transport(value: str) -> str:
+    from lab.chaos import TRANSPORTS
+
+    if value not in TRANSPORTS:
+        raise typer.BadParameter(f"unknown transport {value!r}; one of: {', '.join(TRANSPORTS)}")
+    return value
+
+
+def _parse_duration(value: str | None) -> float | None:
+    from lab.chaos import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--duration") from None
 
 
 def _check_name(kind: str, value: str, known: dict[str, Any]) -> str:
@@ -55,10 +87,14 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="print as on
     from lab.chaos import SCENARIO_NAMES, SCENARIOS, SETUPS
 
     if as_json:
-        typer.echo(json.dumps({
-            "scenarios": [SCENARIOS[name].describe() for name in SCENARIO_NAMES],
-            "setups": [setup.describe() for setup in SETUPS.values()],
-        }))
+        typer.echo(
+            json.dumps(
+                {
+                    "scenarios": [SCENARIOS[name].describe() for name in SCENARIO_NAMES],
+                    "setups": [setup.describe() for setup in SETUPS.values()],
+                }
+            )
+        )
         return
     scenarios = Table(title="scenarios", title_justify="left")
     scenarios.add_column("scenario", style="bold")
@@ -70,13 +106,17 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="print as on
     setups.add_column("setup", style="bold", no_wrap=True)
     setups.add_column("configuration")
     setups.add_column("lost == 0 promised in")
+    setups.add_column("and duplicated == 0 in")
     for setup in SETUPS.values():
         promised = [s for s in SCENARIO_NAMES if setup.promises(s)]
-        setups.add_row(setup.name, setup.description, ", ".join(promised) or "-")
+        once = [s for s in SCENARIO_NAMES if setup.promises_exactly_once(s)]
+        setups.add_row(setup.name, setup.description, ", ".join(promised) or "-", ", ".join(once) or "-")
     stdout.print(setups)
     stdout.print(
         "Every setup runs every scenario but node-loss, which only rabbitmq-quorum runs (on 3 nodes). "
-        "Counts are recorded for every run; the tests assert only what a setup promises."
+        "Counts are recorded for every run; the tests assert only what a setup promises. The Redis promises are "
+        "for brokerstack's transport: with --transport kombu (kombu's stock one) they are measured, not promised. "
+        "worker-kill also soaks (--duration)."
     )
 
 
@@ -90,11 +130,25 @@ def run_command(
     as_json: bool = typer.Option(False, "--json", help="print only the record, as one line, on stdout"),
     rate: float | None = typer.Option(None, "--rate", help="enqueue attempts per second (default: spans the faults)"),
     workers: int = typer.Option(2, "--workers", min=1),
-    visibility_timeout: int = typer.Option(10, "--visibility-timeout", min=1,
-                                           help="Redis: REDIS_VISIBILITY_TIMEOUT for the run (seconds)"),
-    down_seconds: float | None = typer.Option(None, "--down-seconds", min=0,
-                                              help="how long a killed broker stays down (scenario default)"),
+    visibility_timeout: int = typer.Option(
+        10, "--visibility-timeout", min=1, help="Redis: REDIS_VISIBILITY_TIMEOUT for the run (seconds)"
+    ),
+    down_seconds: float | None = typer.Option(
+        None, "--down-seconds", min=0, help="how long a killed broker stays down (scenario default)"
+    ),
     kill_target: str = typer.Option("worker", "--kill-target", help="worker-kill: worker | child | both"),
+    long_task_seconds: float = typer.Option(
+        3.0,
+        "--long-task-seconds",
+        min=0.1,
+        help="worker-kill: the killed tasks' length; broker-restart-mid-task: "
+        "the shortest task running across the restart (+0-2 s)",
+    ),
+    transport: str = typer.Option("brokerstack", "--transport", help=TRANSPORT_HELP),
+    duration: str | None = typer.Option(None, "--duration", help=DURATION_HELP),
+    fault_interval: float = typer.Option(
+        8.0, "--fault-interval", min=0.1, help="soak: mean seconds between faults (each gap 0.5x-1.5x, seeded)"
+    ),
     drain_timeout: float = typer.Option(300.0, "--drain-timeout", min=1),
     driver: str | None = typer.Option(None, "--driver", help=DRIVER_HELP),
     results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
@@ -105,12 +159,37 @@ def run_command(
 
     _check_name("scenario", scenario, SCENARIOS)
     _check_name("setup", setup, SETUPS)
+    _check_transport(transport)
+    seconds = _parse_duration(duration)
     if not get_setup(setup).applies_to(scenario):
         runs = ", ".join(get_setup(setup).scenarios)
         raise typer.BadParameter(f"{scenario} does not apply to {setup} (it runs: {runs})")
-    options = _options(RunOptions, tasks=tasks, kills=kills, seed=seed, rate=rate, workers=workers,
-                       visibility_timeout=visibility_timeout, down_seconds=down_seconds, kill_target=kill_target,
-                       drain_timeout=drain_timeout, driver=driver, keep_workdir=keep_logs)
+    if seconds is not None and not SCENARIOS[scenario].soak:
+        soaks = ", ".join(name for name, s in SCENARIOS.items() if s.soak)
+        raise typer.BadParameter(f"{scenario} has no soak mode; --duration works with: {soaks}")
+    if get_setup(setup).broker != "redis" and transport != "brokerstack":
+        stderr.print(
+            f"[yellow]note: --transport {transport} does not apply to {setup} (RabbitMQ runs kombu's "
+            "py-amqp transport either way); ignored[/yellow]"
+        )
+    options = _options(
+        RunOptions,
+        tasks=tasks,
+        kills=kills,
+        seed=seed,
+        rate=rate,
+        workers=workers,
+        visibility_timeout=visibility_timeout,
+        down_seconds=down_seconds,
+        kill_target=kill_target,
+        long_task_seconds=long_task_seconds,
+        transport=transport,
+        duration=seconds,
+        fault_interval=fault_interval,
+        drain_timeout=drain_timeout,
+        driver=driver,
+        keep_workdir=keep_logs,
+    )
     record = _run_one(scenario, setup, options, results_dir, as_json)
     if record is None:
         raise typer.Exit(EXIT_RUN_FAILED)
@@ -129,6 +208,9 @@ def matrix_command(
     seed: int | None = typer.Option(None, "--seed"),
     scenario: list[str] = typer.Option(None, "--scenario", "-s", help="only these scenarios (repeatable)"),
     setup: list[str] = typer.Option(None, "--setup", "-p", help="only these setups (repeatable)"),
+    transport: list[str] = typer.Option(
+        None, "--transport", help=TRANSPORT_HELP + "; repeat for both (each Redis pair then runs once per transport)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one record per line on stdout, nothing else"),
     rate: float | None = typer.Option(None, "--rate"),
     visibility_timeout: int = typer.Option(10, "--visibility-timeout", min=1),
@@ -144,17 +226,39 @@ def matrix_command(
         _check_name("scenario", name, SCENARIOS)
     for name in setup or []:
         _check_name("setup", name, SETUPS)
+    transports = list(dict.fromkeys(_check_transport(t) for t in transport or ["brokerstack"]))
     pairs = applicable_pairs(scenario or None, setup or None)
     if not pairs:
         raise typer.BadParameter("no scenario x setup pair matches")
-    options = _options(RunOptions, tasks=tasks, kills=kills, seed=seed, rate=rate,
-                       visibility_timeout=visibility_timeout, drain_timeout=drain_timeout, driver=driver,
-                       keep_workdir=keep_logs)
+    # The transport is Redis' choice: RabbitMQ pairs run once whatever is asked.
+    runs = [
+        (sc, st, t if SETUPS[st].broker == "redis" else "brokerstack")
+        for sc, st in pairs
+        for t in (transports if SETUPS[st].broker == "redis" else transports[:1])
+    ]
+    if transports != ["brokerstack"] and any(SETUPS[st].broker != "redis" for _, st in pairs):
+        stderr.print(
+            "[yellow]note: --transport applies to the Redis setups only; the RabbitMQ ones run once, on "
+            "kombu's py-amqp transport[/yellow]"
+        )
+    options = _options(
+        RunOptions,
+        tasks=tasks,
+        kills=kills,
+        seed=seed,
+        rate=rate,
+        visibility_timeout=visibility_timeout,
+        drain_timeout=drain_timeout,
+        driver=driver,
+        keep_workdir=keep_logs,
+    )
     records: list[dict[str, Any]] = []
     failed = 0
-    for index, (scenario_name, setup_name) in enumerate(pairs, 1):
-        stderr.print(f"[bold]({index}/{len(pairs)}) {scenario_name} on {setup_name}[/bold]")
-        record = _run_one(scenario_name, setup_name, options, results_dir, as_json)
+    for index, (scenario_name, setup_name, transport_name) in enumerate(runs, 1):
+        label = f" ({transport_name} transport)" if SETUPS[setup_name].broker == "redis" else ""
+        stderr.print(f"[bold]({index}/{len(runs)}) {scenario_name} on {setup_name}{label}[/bold]")
+        run_options = replace(options, transport=transport_name)
+        record = _run_one(scenario_name, setup_name, run_options, results_dir, as_json)
         if record is None:
             failed += 1
             continue
@@ -177,7 +281,8 @@ def table_command(
     as_json: bool = typer.Option(False, "--json", help="print the rows as one JSON array"),
 ) -> None:
     """Print the table of stored records (the newest per scenario x setup)."""
-    from lab.chaos import load_records, results_dir as resolve, summary_row
+    from lab.chaos import load_records, summary_row
+    from lab.chaos import results_dir as resolve
 
     records = load_records(resolve(results_dir), latest_only=not every, min_tasks=min_tasks, driver=driver)
     if as_json:
@@ -216,11 +321,52 @@ def _run_one(scenario: str, setup: str, options: Any, results_dir: Path | None, 
         disable=not show,
         transient=quiet,
     )
-    bar = progress.add_task("", total=options.tasks, phase="starting", acked=0, executed=0, faults="0")
+    soak = options.duration is not None
+    if soak:
+        # A soak has no task total: the bar is the clock, and the line what has been counted so far.
+        progress.columns = (
+            TextColumn("[bold]{task.fields[phase]:>8}[/bold]"),
+            BarColumn(),
+            TextColumn("{task.fields[clock]}"),
+            TextColumn(
+                "faults {task.fields[faults]}  tasks {task.fields[tasks]}  ack {task.fields[acked]}  "
+                "exe {task.fields[executed]}  lost so far {task.fields[lost]}  dup {task.fields[dup]}"
+            ),
+            TextColumn("{task.description}"),
+        )
+    total = options.duration if soak else options.tasks
+    bar = progress.add_task(
+        "", total=total, phase="starting", acked=0, executed=0, faults="0", tasks=0, lost=0, dup=0, clock=""
+    )
 
     def on_progress(p: Any) -> None:
-        progress.update(bar, completed=p.attempted, total=p.total, description=p.message[:60], phase=p.phase,
-                        acked=p.acknowledged, executed=p.executed, faults=f"{p.faults_done}/{p.faults_total}")
+        if soak:
+            elapsed = min(p.elapsed_s, p.duration_s or p.elapsed_s)
+            clock = f"{_clock(p.elapsed_s)} / {_clock(p.duration_s or 0)}"
+            progress.update(
+                bar,
+                completed=elapsed,
+                description=p.message[:50],
+                phase=p.phase,
+                acked=p.acknowledged,
+                executed=p.executed,
+                faults=str(p.faults_done),
+                tasks=p.attempted,
+                lost=p.lost_so_far if p.lost_so_far is not None else "-",
+                dup=p.duplicated_so_far if p.duplicated_so_far is not None else "-",
+                clock=clock,
+            )
+            return
+        progress.update(
+            bar,
+            completed=p.attempted,
+            total=p.total,
+            description=p.message[:60],
+            phase=p.phase,
+            acked=p.acknowledged,
+            executed=p.executed,
+            faults=f"{p.faults_done}/{p.faults_total}",
+        )
 
     try:
         run = ChaosRun(scenario, setup, options, progress=on_progress, results=results_dir)
@@ -240,6 +386,11 @@ def _run_one(scenario: str, setup: str, options: Any, results_dir: Path | None, 
             stderr.print(f"record: {run.record.path}", soft_wrap=True)
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -253,12 +404,27 @@ def _print_table(records: list[dict[str, Any]], title: str) -> None:
 
     table = Table(title=title, title_justify="left")
     for column, justify in (
-        ("scenario", "left"), ("setup", "left"), ("faults", "right"), ("attempted", "right"),
-        ("acked", "right"), ("executed", "right"), ("lost", "right"), ("duplicated", "right"),
-        ("recovered", "right"), ("unexpected", "right"), ("redelivery s", "right"), ("producer back s", "right"),
-        ("workers back s", "right"), ("drained", "center"), ("guarantee", "left"), ("run s", "right"),
+        ("scenario", "left"),
+        ("setup", "left"),
+        ("transport", "left"),
+        ("faults", "right"),
+        ("attempted", "right"),
+        ("acked", "right"),
+        ("executed", "right"),
+        ("lost", "right"),
+        ("duplicated", "right"),
+        ("lost/fault", "right"),
+        ("dup/fault", "right"),
+        ("recovered", "right"),
+        ("unexpected", "right"),
+        ("redelivery s", "right"),
+        ("producer back s", "right"),
+        ("workers back s", "right"),
+        ("drained", "center"),
+        ("guarantee", "left"),
+        ("run s", "right"),
     ):
-        no_wrap = column in ("scenario", "setup", "guarantee")
+        no_wrap = column in ("scenario", "setup", "transport", "guarantee")
         table.add_column(column, justify=justify, no_wrap=no_wrap)  # type: ignore[arg-type]
     for data in records:
         row = summary_row(data)
@@ -270,12 +436,27 @@ def _print_table(records: list[dict[str, Any]], title: str) -> None:
             guarantee = f"[green]{row['guarantee']} held[/green]"
         else:
             guarantee = f"[red]{row['guarantee']} BROKEN[/red]"
+        scenario = row["scenario"] + (" (soak)" if row["mode"] == "soak" else "")
         table.add_row(
-            row["scenario"], row["setup"], _fmt(row["faults"]), _fmt(row["attempted"]), _fmt(row["acknowledged"]),
-            _fmt(row["executed"]), lost_cell, _fmt(row["duplicated"]), _fmt(row["recovered"]), _fmt(row["unexpected"]),
-            _fmt(row["redelivery_s"]), _fmt(row["recovery_s"]), _fmt(row["consumer_recovery_s"]),
+            scenario,
+            row["setup"],
+            row["transport"] or "-",
+            _fmt(row["faults"]),
+            _fmt(row["attempted"]),
+            _fmt(row["acknowledged"]),
+            _fmt(row["executed"]),
+            lost_cell,
+            _fmt(row["duplicated"]),
+            _fmt(row["lost_per_fault"], 3),
+            _fmt(row["duplicated_per_fault"], 3),
+            _fmt(row["recovered"]),
+            _fmt(row["unexpected"]),
+            _fmt(row["redelivery_s"]),
+            _fmt(row["recovery_s"]),
+            _fmt(row["consumer_recovery_s"]),
             "yes" if row["drained"] else "[yellow]no[/yellow]",
-            guarantee, _fmt(row["duration_s"], 0),
+            guarantee,
+            _fmt(row["duration_s"], 0),
         )
     stdout.print(table)
 
@@ -283,9 +464,16 @@ def _print_table(records: list[dict[str, Any]], title: str) -> None:
 def _print_details(data: dict[str, Any]) -> None:
     timings = data.get("timings") or {}
     parts = []
-    for key, label in (("recovery_s", "producer recovery"), ("consumer_recovery_s", "consumer recovery"),
-                       ("ack_gap_s", "longest pause between acks"), ("redelivery_delay_s", "redelivery"),
-                       ("restart_s", "broker restart")):
+    for key, label in (
+        ("recovery_s", "producer recovery"),
+        ("consumer_recovery_s", "consumer recovery"),
+        ("ack_gap_s", "longest pause between acks"),
+        ("redelivery_delay_s", "redelivery"),
+        ("restart_s", "broker restart"),
+        ("shutdown_s", "warm shutdown"),
+        ("replacement_s", "replacement ready"),
+        ("after_success_s", "kill after the last success"),
+    ):
         stats = timings.get(key)
         if stats:
             parts.append(f"{label} {stats['min']:.2f}-{stats['max']:.2f} s")

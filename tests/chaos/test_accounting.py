@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from lab.chaos import (
     applicable_pairs,
     load_history,
     load_records,
+    parse_duration,
     save_history,
     summary_row,
 )
@@ -31,8 +33,13 @@ pytestmark = pytest.mark.chaos
 
 
 def attempt(index: int, task_id: str | None, outcome: str = "ok") -> Attempt:
-    return Attempt(index=index, task_id=task_id, invoked_at=float(index), outcome=outcome,  # type: ignore[arg-type]
-                   completed_at=float(index) + 0.01)
+    return Attempt(
+        index=index,
+        task_id=task_id,
+        invoked_at=float(index),
+        outcome=outcome,  # type: ignore[arg-type]
+        completed_at=float(index) + 0.01,
+    )
 
 
 def run(task_id: str, *, finished: bool = True, redelivered: bool = False, t: float = 0.0) -> list[Execution]:
@@ -130,8 +137,18 @@ def test_history_round_trips_through_sqlite(tmp_path: Path):
 
 
 def test_execution_entries_parse_what_the_worker_writes():
-    raw = json.dumps({"event": "start", "task_id": "x", "name": "worker.tasks.tools.noop", "worker": "w@h",
-                      "pid": 12, "attempt": 0, "redelivered": True, "t": 1.5})
+    raw = json.dumps(
+        {
+            "event": "start",
+            "task_id": "x",
+            "name": "worker.tasks.tools.noop",
+            "worker": "w@h",
+            "pid": 12,
+            "attempt": 0,
+            "redelivered": True,
+            "t": 1.5,
+        }
+    )
     entry = Execution.from_json(raw)
     assert (entry.event, entry.task_id, entry.pid, entry.redelivered, entry.t) == ("start", "x", 12, True, 1.5)
 
@@ -162,13 +179,29 @@ def test_a_held_stream_lets_go_when_stopped():
 
 
 def test_the_setups_and_scenarios_are_the_ones_the_issue_names():
-    assert set(SETUPS) == {"redis-volatile", "redis-everysec", "redis-always", "rabbitmq-confirms",
-                           "rabbitmq-noconfirm", "rabbitmq-quorum"}
-    assert set(SCENARIO_NAMES) == {"broker-kill", "broker-restart", "worker-kill", "producer-outage",
-                                   "node-loss", "publish-kill"}
+    assert set(SETUPS) == {
+        "redis-volatile",
+        "redis-everysec",
+        "redis-always",
+        "rabbitmq-confirms",
+        "rabbitmq-noconfirm",
+        "rabbitmq-quorum",
+    }
+    assert set(SCENARIO_NAMES) == {
+        "broker-kill",
+        "broker-restart",
+        "worker-kill",
+        "producer-outage",
+        "node-loss",
+        "publish-kill",
+        "rolling-deploy",
+        "broker-restart-mid-task",
+        "idle-kill",
+    }
     pairs = applicable_pairs()
     assert [p for p in pairs if p[0] == "node-loss"] == [("node-loss", "rabbitmq-quorum")]
-    assert all((scenario, setup) in pairs for scenario in ("broker-kill", "worker-kill") for setup in SETUPS)
+    routine = ("rolling-deploy", "broker-restart-mid-task", "idle-kill")
+    assert all((scenario, setup) in pairs for scenario in ("broker-kill", "worker-kill", *routine) for setup in SETUPS)
 
 
 def test_the_promises_are_what_each_setup_can_keep():
@@ -215,8 +248,14 @@ def test_the_automatic_rate_lets_the_load_span_the_faults():
 
 
 def test_records_are_written_where_the_layout_says_and_read_back(tmp_path: Path):
-    record = RunRecord(scenario="broker-kill", setup="redis-always", run_id="abcd1234",
-                       started_at="2026-01-02T03:04:05.000000Z", driver="docker", parameters={"tasks": 10})
+    record = RunRecord(
+        scenario="broker-kill",
+        setup="redis-always",
+        run_id="abcd1234",
+        started_at="2026-01-02T03:04:05.000000Z",
+        driver="docker",
+        parameters={"tasks": 10},
+    )
     record.counts = account([attempt(0, "a")], run("a"))
     record.status = "completed"
     path = write_record(record, tmp_path)
@@ -231,8 +270,117 @@ def test_records_are_written_where_the_layout_says_and_read_back(tmp_path: Path)
 def test_task_ids_are_found_in_redis_aof_whoever_chose_them():
     from lab.chaos.runner import TASK_ID_IN_AOF
 
-    aof = (b'*3\r\n$5\r\nLPUSH\r\n$7\r\ndefault\r\n$900\r\n{"headers": {"id": "chaos-0a1b2c3d-0000123", '
-           b'"root_id": "6f1c2d3e-1111-2222-3333-444455556666"}} {"id": "chaos-0a1b2c3d-2-0000007"}')
+    aof = (
+        b'*3\r\n$5\r\nLPUSH\r\n$7\r\ndefault\r\n$900\r\n{"headers": {"id": "chaos-0a1b2c3d-0000123", '
+        b'"root_id": "6f1c2d3e-1111-2222-3333-444455556666"}} {"id": "chaos-0a1b2c3d-2-0000007"}'
+    )
     assert set(TASK_ID_IN_AOF.findall(aof)) == {
-        b"chaos-0a1b2c3d-0000123", b"6f1c2d3e-1111-2222-3333-444455556666", b"chaos-0a1b2c3d-2-0000007",
+        b"chaos-0a1b2c3d-0000123",
+        b"6f1c2d3e-1111-2222-3333-444455556666",
+        b"chaos-0a1b2c3d-2-0000007",
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("20m", 1200),
+        ("90s", 90),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("45", 45),
+        ("2.5m", 150),
+        ("1m 30s", 90),
+        ("500ms", 0.5),
+    ],
+)
+def test_soak_durations_parse(text: str, seconds: float):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "m", "20x", "-5m", "0s", "1h foo", "20 minutes"])
+def test_bad_durations_are_refused_with_the_accepted_forms(text: str):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_the_redis_transport_is_the_runs_and_is_recorded():
+    kombu = ChaosRun("idle-kill", "redis-everysec", RunOptions(transport="kombu", driver="process"))
+    assert kombu.record.transport == "kombu"
+    assert kombu.settings_overrides()["redis_transport"] == "kombu"
+    assert kombu.record.to_dict()["transport"] == "kombu"
+    rabbit = ChaosRun("idle-kill", "rabbitmq-confirms", RunOptions(transport="kombu", driver="process"))
+    assert rabbit.record.transport is None and "redis_transport" not in rabbit.settings_overrides()
+    with pytest.raises(ValueError, match="transport"):
+        RunOptions(transport="hiredis")
+
+
+def test_only_worker_kill_soaks():
+    assert ChaosRun("worker-kill", "redis-everysec", RunOptions(duration=60, driver="process")).faults_total >= 1
+    with pytest.raises(ValueError, match="no soak mode"):
+        ChaosRun("broker-kill", "redis-everysec", RunOptions(duration=60, driver="process"))
+
+
+def test_kombus_transport_is_measured_not_promised_and_routine_operations_promise_no_duplicates():
+    everysec, confirms = SETUPS["redis-everysec"], SETUPS["rabbitmq-confirms"]
+    for scenario in ("rolling-deploy", "broker-restart-mid-task", "idle-kill"):
+        assert everysec.guarantee_for(scenario) == "lost == 0, duplicated == 0"
+        assert confirms.guarantee_for(scenario) == "lost == 0, duplicated == 0"
+        assert everysec.guarantee_for(scenario, "kombu") is None
+        assert confirms.guarantee_for(scenario, "kombu") == "lost == 0, duplicated == 0"  # no transport to pick
+    # A graceful restart of a Redis without persistence empties it; without confirms a publish may vanish.
+    assert SETUPS["redis-volatile"].guarantee_for("broker-restart-mid-task") is None
+    assert SETUPS["rabbitmq-noconfirm"].guarantee_for("broker-restart-mid-task") is None
+    assert SETUPS["rabbitmq-noconfirm"].guarantee_for("rolling-deploy") == "lost == 0, duplicated == 0"
+    assert SETUPS["redis-everysec"].guarantee_for("worker-kill") == "lost == 0"
+
+
+def _stored(tmp_path: Path, scenario: str, setup: str, run_id: str, stamp: str, **fields: Any) -> None:
+    record = RunRecord(
+        scenario=scenario,
+        setup=setup,
+        run_id=run_id,
+        started_at=f"2026-01-02T03:04:{stamp}.000000Z",
+        driver="process",
+        parameters={"tasks": 10, **fields.pop("parameters", {})},
+    )
+    record.counts = account([attempt(0, "a")], run("a"))
+    record.status = "completed"
+    record.faults = [{"n": 1}, {"n": 2}]
+    for key, value in fields.items():
+        setattr(record, key, value)
+    path = write_record(record, tmp_path)
+    if "transport" not in fields:  # a record from before the transport was recorded
+        data = json.loads(path.read_text())
+        del data["transport"]
+        path.write_text(json.dumps(data))
+
+
+def test_both_transports_and_a_soak_appear_side_by_side_and_old_records_read_as_brokerstacks(tmp_path: Path):
+    _stored(tmp_path, "worker-kill", "redis-everysec", "00000001", "01")
+    _stored(tmp_path, "worker-kill", "redis-everysec", "00000002", "02", transport="kombu")
+    _stored(
+        tmp_path, "worker-kill", "redis-everysec", "00000003", "03", transport="kombu", parameters={"duration": 1200}
+    )
+    _stored(tmp_path, "worker-kill", "rabbitmq-confirms", "00000004", "04")
+    rows = [summary_row(r) for r in load_records(tmp_path)]
+    assert [(r["setup"], r["transport"], r["mode"]) for r in rows] == [
+        ("rabbitmq-confirms", None, "fixed"),
+        ("redis-everysec", "brokerstack", "fixed"),
+        ("redis-everysec", "kombu", "fixed"),
+        ("redis-everysec", "kombu", "soak"),
+    ]
+    assert rows[1]["lost_per_fault"] == 0.0 and rows[1]["faults"] == 2
+
+
+def test_a_run_the_worker_terminated_is_not_an_execution():
+    # Celery cancels a running acks_late task when its connection is lost (RabbitMQ requeues it):
+    # the worker writes that finish without a state, and the task runs again from the requeued message.
+    raw = json.dumps({"event": "finish", "task_id": "a", "state": None, "worker": "w@h", "t": 2.0})
+    aborted = Execution.from_json(raw)
+    assert aborted.event == "abort"
+    assert Execution.from_json(json.dumps({"event": "finish", "task_id": "a", "state": "SUCCESS"})).event == "finish"
+    executions = [Execution("start", "a"), aborted, *run("a", redelivered=True, t=5)]
+    counts = account([attempt(0, "a")], executions)
+    assert (counts.executions, counts.duplicated, counts.lost, counts.aborted) == (1, 0, 0, 1)
+    assert counts.started_more_than_once == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.chaos import HEADLINE_COUNTS, RunOptions, RunRecord, run_scenario
+from lab.chaos import HEADLINE_COUNTS, Counts, RunOptions, RunRecord, run_scenario
 
 pytestmark = pytest.mark.chaos
 
@@ -39,6 +39,11 @@ def assert_reported(record: RunRecord) -> None:
     assert data["drained"] is True, data["notes"]
 
 
+def counts_of(record: RunRecord) -> Counts:
+    assert record.counts is not None, record.error
+    return record.counts
+
+
 def faults(record: RunRecord) -> int:
     return len(record.faults)
 
@@ -50,7 +55,7 @@ def test_rabbitmq_with_confirms_loses_nothing_across_broker_kills(results):
     record = chaos("broker-kill", "rabbitmq-confirms", results, tasks=240, kills=3)
     assert faults(record) == 3
     assert record.guarantee == "lost == 0" and record.guarantee_held
-    assert record.counts.lost == 0
+    assert counts_of(record).lost == 0
     # Workers and producer came back by themselves after every kill.
     assert all(f["producer_recovery_s"] is not None and f["consumer_recovery_s"] is not None for f in record.faults)
 
@@ -58,14 +63,14 @@ def test_rabbitmq_with_confirms_loses_nothing_across_broker_kills(results):
 def test_rabbitmq_quorum_loses_nothing_when_cluster_nodes_die(results):
     record = chaos("node-loss", "rabbitmq-quorum", results, tasks=240, kills=3)
     assert faults(record) == 3
-    assert record.counts.lost == 0 and record.guarantee_held
+    assert counts_of(record).lost == 0 and record.guarantee_held
     assert record.parameters["setup"]["settings"]["RABBITMQ_QUEUE_TYPE"] == "quorum"
 
 
 def test_rabbitmq_with_confirms_keeps_a_burst_killed_right_after_publishing(results):
     record = chaos("publish-kill", "rabbitmq-confirms", results, tasks=2000, kills=1)
-    assert record.counts.acknowledged == 2000
-    assert record.counts.lost == 0
+    assert counts_of(record).acknowledged == 2000
+    assert counts_of(record).lost == 0
     assert record.faults[0]["kill_after_s"] < 0.5
 
 
@@ -73,10 +78,18 @@ def test_rabbitmq_with_confirms_keeps_a_burst_killed_right_after_publishing(resu
 def test_worker_kills_lose_nothing_with_acks_late(results, setup):
     # Kill 1 takes the whole worker (acks_late: the broker gives the task to another worker),
     # kill 2 one pool process (reject_on_worker_lost: the worker gives it back).
-    record = chaos("worker-kill", setup, results, tasks=150, kills=2, kill_target="both", long_task_seconds=2.0,
-                   visibility_timeout=5)
+    record = chaos(
+        "worker-kill",
+        setup,
+        results,
+        tasks=150,
+        kills=2,
+        kill_target="both",
+        long_task_seconds=2.0,
+        visibility_timeout=5,
+    )
     assert [f["target"] for f in record.faults] == ["worker", "child"]
-    assert record.counts.lost == 0 and record.guarantee_held
+    assert counts_of(record).lost == 0 and record.guarantee_held
     assert all(f["interrupted"] >= 1 and f["redelivery_s"] is not None for f in record.faults)
     whole_worker = record.faults[0]["redelivery_s"]
     if setup.startswith("redis"):
@@ -92,7 +105,7 @@ def test_the_api_never_acknowledges_a_task_it_did_not_store(results):
     record = chaos("producer-outage", "rabbitmq-confirms", results, tasks=200, kills=1, down_seconds=3)
     details = record.details
     assert details["refusals"] + details["transport_errors"] > 0, "the outage was not seen"
-    assert record.counts.lost == 0 and record.guarantee_held
+    assert counts_of(record).lost == 0 and record.guarantee_held
     # Every refusal came within PUBLISH_TIMEOUT (plus slack), and the API recovered unrestarted.
     assert details["refusals_over_bound"] == 0, details
     assert record.timings["recovery_s"]["missing"] == 0
@@ -105,7 +118,7 @@ def test_redis_always_loses_nothing_across_process_kills(results):
     record = chaos("broker-kill", "redis-always", results, tasks=300, kills=3)
     assert faults(record) == 3
     assert record.guarantee == "lost == 0" and record.guarantee_held
-    assert record.counts.lost == 0
+    assert counts_of(record).lost == 0
     # The evidence underneath: every acknowledged task is in Redis' append-only file.
     assert record.details["aof"]["acknowledged_not_in_aof"] == 0
 
@@ -113,7 +126,7 @@ def test_redis_always_loses_nothing_across_process_kills(results):
 def test_redis_everysec_loses_nothing_across_clean_restarts(results):
     record = chaos("broker-restart", "redis-everysec", results, tasks=200, kills=2)
     assert record.guarantee == "lost == 0" and record.guarantee_held
-    assert record.counts.lost == 0
+    assert counts_of(record).lost == 0
     assert record.details["aof"]["acknowledged_not_in_aof"] == 0
 
 
@@ -130,7 +143,7 @@ def test_redis_everysec_loses_nothing_across_clean_restarts(results):
 def test_setups_that_promise_nothing_report_what_they_lost(results, scenario, setup, options):
     record = chaos(scenario, setup, results, **options)
     assert record.guarantee is None and record.guarantee_held is None
-    counts = record.counts
+    counts = counts_of(record)
     assert counts.lost == counts.acknowledged - counts.executed_acknowledged
     data = json.loads(record.path.read_text())  # type: ignore[union-attr]
     assert data["counts"]["lost"] == counts.lost and data["counts"]["duplicated"] == counts.duplicated

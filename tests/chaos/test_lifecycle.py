@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,13 @@ def test_ctrl_c_mid_run_stops_every_node_and_process(results: Path):
         if progress.phase == "load" and progress.acknowledged >= 20:
             raise KeyboardInterrupt
 
-    run = ChaosRun("broker-kill", "redis-volatile", RunOptions(tasks=2000, kills=3, rate=50, seed=1),
-                   progress=interrupt, results=results)
+    run = ChaosRun(
+        "broker-kill",
+        "redis-volatile",
+        RunOptions(tasks=2000, kills=3, rate=50, seed=1),
+        progress=interrupt,
+        results=results,
+    )
     with pytest.raises(KeyboardInterrupt):
         run.run()
     assert run.closed and run.stack.closed
@@ -62,9 +69,27 @@ def test_cli_list_names_every_scenario_and_setup():
 
 def test_cli_run_json_prints_only_the_record_as_one_line(results: Path):
     done = subprocess.run(
-        [*CLI, "run", "--scenario", "publish-kill", "--setup", "redis-volatile", "--tasks", "200", "--kills", "1",
-         "--seed", "3", "--json", "--no-keep-logs", "--results-dir", str(results)],
-        capture_output=True, text=True, timeout=300,
+        [
+            *CLI,
+            "run",
+            "--scenario",
+            "publish-kill",
+            "--setup",
+            "redis-volatile",
+            "--tasks",
+            "200",
+            "--kills",
+            "1",
+            "--seed",
+            "3",
+            "--json",
+            "--no-keep-logs",
+            "--results-dir",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -78,9 +103,38 @@ def test_cli_run_json_prints_only_the_record_as_one_line(results: Path):
 
 
 def test_cli_refuses_unknown_names_and_pairs_that_do_not_apply():
-    unknown = subprocess.run([*CLI, "run", "--scenario", "nope", "--setup", "redis-always"],
-                             capture_output=True, text=True, timeout=60)
+    unknown = subprocess.run(
+        [*CLI, "run", "--scenario", "nope", "--setup", "redis-always"], capture_output=True, text=True, timeout=60
+    )
     assert unknown.returncode == 2 and "unknown scenario" in unknown.stderr
-    wrong = subprocess.run([*CLI, "run", "--scenario", "node-loss", "--setup", "redis-always"],
-                           capture_output=True, text=True, timeout=60)
+    wrong = subprocess.run(
+        [*CLI, "run", "--scenario", "node-loss", "--setup", "redis-always"], capture_output=True, text=True, timeout=60
+    )
     assert wrong.returncode == 2 and "does not apply" in wrong.stderr
+
+
+def test_cli_soak_stopped_by_sigterm_still_writes_what_it_counted(results: Path):
+    soak = subprocess.Popen(
+        [*CLI, "run", "--scenario", "worker-kill", "--setup", "redis-volatile", "--duration", "3m",
+         "--fault-interval", "2", "--visibility-timeout", "5", "--rate", "30", "--seed", "4", "--json",
+         "--results-dir", str(results)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # A replacement worker's log means a worker was killed: the soak is under way.
+        deadline = time.monotonic() + 120
+        while len(list(results.glob("tmp/chaos/*/logs/chaos-w*.log"))) < 3 and time.monotonic() < deadline:
+            assert soak.poll() is None, soak.stderr.read() if soak.stderr else ""
+            time.sleep(0.2)
+        soak.send_signal(signal.SIGTERM)
+        out, err = soak.communicate(timeout=300)
+    finally:
+        if soak.poll() is None:
+            soak.kill()
+            soak.wait()
+    assert soak.returncode == 0, err
+    record = json.loads(out.splitlines()[-1])
+    assert record["status"] == "completed" and record["drained"] is True
+    assert record["details"]["soak"]["stopped_by"] == "interrupt" and record["details"]["soak"]["ran_s"] < 170
+    assert len(record["faults"]) >= 1 and record["counts"]["acknowledged"] > 0
+    assert record["transport"] == "brokerstack" and record["counts"]["lost"] == 0
