@@ -46,14 +46,18 @@ test-process: venv
 	BROKERSTACK_TEST_DRIVER=process $(PYTEST) tests/integration -m integration
 
 test-chaos: venv
-	$(PYTEST) tests/chaos -m chaos
+	$(PYTEST) tests/chaos -m "chaos and not slow"
 
 test-compose: venv
 	$(PYTEST) tests/compose -m compose
 
 # The measured runs behind docs/ops-comparison.md (well over an hour on a 2-core machine), then the doc.
 measure: venv
-	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3
+	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario broker-kill --scenario broker-restart --scenario worker-kill --scenario producer-outage --scenario publish-kill --scenario node-loss
+	$(PY) -m services.cli chaos matrix --scenario idle-kill --scenario broker-restart-mid-task --kills 20 --tasks 200 --transport brokerstack --transport kombu --seed 9
+	$(PY) -m services.cli chaos matrix --scenario rolling-deploy --kills 10 --tasks 240 --transport brokerstack --transport kombu --seed 9
+	$(PY) -m services.cli chaos run --scenario worker-kill --setup redis-everysec --duration 16m --fault-interval 5 --visibility-timeout 5 --seed 11
+	$(PY) -m services.cli chaos run --scenario worker-kill --setup redis-everysec --duration 16m --fault-interval 5 --visibility-timeout 5 --seed 11 --transport kombu
 	$(PY) -m services.cli bench
 	$(PY) -m services.cli priority
 	$(PY) -m services.cli report --min-chaos-tasks 5000

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -129,7 +130,7 @@ class ManagedProcess:
     def returncode(self) -> int | None:
         return self._proc.poll() if self._proc else None
 
-    def __enter__(self) -> ManagedProcess:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -17,9 +17,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from lab.bench import REDIS_TRANSPORTS, SCHEMA, SECTIONS, record_name
+from lab.cli.bench import transport_table
 from lab.nodes import resolve_driver
 from services.cli import app
-from services.cli.bench_cmd import transport_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
