@@ -21,6 +21,7 @@ from lab.nodes import BrokerNode, make_node
 from lab.processes import CeleryWorker
 from lab.stack import settings_for
 from tests.helpers import wait_for
+from worker.brokers.redis.profile import UNACKED_MUTEX_EXPIRE
 from worker.celery_app import create_celery
 from worker.ledger import events_key
 from worker.settings import Settings
@@ -182,3 +183,27 @@ def test_remote_control_and_events_work(app, delivery_settings, start_worker):
     assert any(event["uuid"] == task_id and event["hostname"] == worker.hostname for event in seen)
     active = app.control.inspect(destination=[worker.hostname], timeout=5).active()
     assert active == {worker.hostname: []}
+
+
+def test_a_worker_killed_while_restoring_blocks_redelivery_only_briefly(delivery_settings, start_worker, redis_broker):
+    """A worker takes a lock (``unacked_mutex``) while it gives back expired unacked messages; a
+    worker killed while holding it leaves the lock until it expires. With kombu's default (300 s)
+    the first worker-kill soak saw redeliveries stop for the rest of the run; the workers now set
+    UNACKED_MUTEX_EXPIRE. Read off what a live worker actually sends to Redis."""
+    start_worker(delivery_settings)
+    monitor_client = redis.Redis.from_url(redis_broker.url, socket_timeout=1)
+    expiries: list[int] = []  # seconds
+    deadline = time.monotonic() + 20
+    with monitor_client.monitor() as monitor:
+        while not expiries and time.monotonic() < deadline:
+            try:
+                command = monitor.next_command()["command"]
+            except redis.TimeoutError:
+                continue
+            # kombu 5.7 takes it as SET unacked_mutex <id> NX PX <milliseconds>
+            words = command.replace('"', "").split()
+            if words[:1] == ["SET"] and words[1].endswith("unacked_mutex") and "PX" in words:
+                expiries.append(int(words[words.index("PX") + 1]) // 1000)
+    monitor_client.close()
+    assert expiries, "no worker took the restore lock within 20 s"
+    assert expiries[0] <= UNACKED_MUTEX_EXPIRE

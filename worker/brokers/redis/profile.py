@@ -11,6 +11,13 @@ from worker.brokers.redis.dead_letters import RedisDeadLetterStore
 from worker.brokers.redis.transport import PRIORITY_STEPS, SENTINEL_TRANSPORT_PATH, TRANSPORT_PATH
 from worker.settings import SENTINEL_SCHEME, redis_scheme
 
+#: Seconds the lock that one worker takes to give back expired unacked messages outlives a worker
+#: killed while holding it. kombu's default (300) means one kill at the wrong moment stops every
+#: redelivery for five minutes (seen in the worker-kill soak). A scan takes milliseconds, and two
+#: workers restoring at once cannot restore a message twice (each restore is a WATCH transaction),
+#: so a short lock costs nothing.
+UNACKED_MUTEX_EXPIRE = 10
+
 #: Publishes to a Redis that stopped answering fail after this; consumers block in BRPOP for 1 s at
 #: a time, well inside it.
 MIN_SOCKET_TIMEOUT = 5.0
@@ -33,6 +40,7 @@ class RedisProfile(BrokerProfile):
             "visibility_timeout": self.settings.redis_visibility_timeout,
             "unacked_restore_interval": self.settings.redis_unacked_restore_interval,
             "unacked_restore_throttle": self.settings.redis_unacked_restore_throttle,
+            "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE,
             "priority_steps": PRIORITY_STEPS,
             "brokerstack_priority_order": self.priority_order,
             "socket_connect_timeout": self.settings.broker_connection_timeout,
