@@ -13,10 +13,51 @@ from typing import Any
 
 #: Overrides the results directory (default: ``results/`` in the current directory).
 RESULTS_DIR_ENV = "BROKERSTACK_RESULTS_DIR"
+PUBLISHED_RESULTS_DIR = Path("results")
+#: Runs smaller than the published ones default to here (gitignored), so trying a command never
+#: touches the tracked records the docs are generated from.
+ADHOC_RESULTS_DIR = PUBLISHED_RESULTS_DIR / "tmp"
+#: The rule, as ``--help`` and the README state it.
+RESULTS_DIR_RULE = (
+    "default: $BROKERSTACK_RESULTS_DIR, else results/ for a run of the published size (what `make measure` runs), "
+    "else results/tmp/"
+)
+
+
+#: The published durability table counts only chaos runs this large (smaller ones are test runs)...
+PUBLISHED_MIN_CHAOS_TASKS = 5000
+#: ...except the routine operations, whose size is their faults (a rolling deploy runs a few tasks a
+#: second: 5,000 of them would take an hour), and soaks, sized by their hard kills.
+PUBLISHED_MIN_ROUTINE_FAULTS = 20
+PUBLISHED_MIN_SOAK_FAULTS = 100
+
+
+def is_published_size(
+    scenario: str, *, tasks: int, faults: int, soak: bool, min_chaos_tasks: int = PUBLISHED_MIN_CHAOS_TASKS
+) -> bool:
+    """Whether a chaos run of this size belongs in the published tables. The report filters records
+    with it, and the command line decides with it, before a run, where the record goes."""
+    from lab.chaos.setups import ROUTINE  # lazily: this module is imported by light commands too
+
+    if soak:
+        return faults >= PUBLISHED_MIN_SOAK_FAULTS
+    if scenario in ROUTINE:
+        return faults >= PUBLISHED_MIN_ROUTINE_FAULTS
+    return tasks >= min_chaos_tasks
 
 
 def results_dir() -> Path:
-    return Path(os.environ.get(RESULTS_DIR_ENV) or "results")
+    return Path(os.environ.get(RESULTS_DIR_ENV) or PUBLISHED_RESULTS_DIR)
+
+
+def default_results_dir(explicit: str | Path | None, *, published: bool) -> Path:
+    """``--results-dir`` if given, else ``$BROKERSTACK_RESULTS_DIR``, else ``results/`` for a run of
+    the published size and ``results/tmp/`` for any other."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(RESULTS_DIR_ENV):
+        return Path(os.environ[RESULTS_DIR_ENV])
+    return PUBLISHED_RESULTS_DIR if published else ADHOC_RESULTS_DIR
 
 
 def client_versions() -> dict[str, str]:

@@ -29,6 +29,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lab.results import RESULTS_DIR_RULE, default_results_dir
+
 console = Console(stderr=True)
 #: The pool columns of the summary (records of older runs have no gevent: "-").
 POOLS = ("solo", "threads", "prefork", "gevent")
@@ -39,7 +41,11 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="small sizes: checks that every record is complete, not speeds"),
     tasks: int = typer.Option(None, "--tasks", "-n", min=10, help="tasks per pool backlog and raw-client messages"),
     as_json: bool = typer.Option(False, "--json", help="print the records as one JSON array on stdout"),
-    results_dir: Path = typer.Option(None, "--results-dir", help="default: $BROKERSTACK_RESULTS_DIR or results/"),
+    results_dir: Path = typer.Option(
+        None,
+        "--results-dir",
+        help=f"{RESULTS_DIR_RULE}: a full run with no --quick, --tasks, --pool, --repeats or --transport",
+    ),
     driver: str = typer.Option(
         None, "--driver", help="docker | process | auto (default: $BROKERSTACK_TEST_DRIVER or auto)"
     ),
@@ -74,6 +80,8 @@ def bench(
     except ValueError as exc:
         raise SystemExit(f"brokerstack: {exc}") from None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    published = not quick and tasks is None and not pools and repeats is None and transport == "both"
+    results_dir = default_results_dir(results_dir, published=published)
 
     records: list[dict[str, Any]] = []
     failed: list[str] = []

@@ -14,14 +14,18 @@ counted.
 
 Each run starts its own broker nodes (containers, or local broker processes with
 ``--driver process``), workers and producer, stops them afterwards (Ctrl-C included), writes a JSON
-record under ``<results dir>/chaos/`` and prints a table. ``--json`` prints only the record, as one
-line, on stdout.
+record under ``<results dir>/chaos/`` (``results/`` for a run of the published size, ``results/tmp/``
+for a smaller one, unless ``--results-dir`` or ``$BROKERSTACK_RESULTS_DIR`` says otherwise) and prints
+a table: where the terminal is too narrow for every column, a few lines per record, lost and
+duplicated first. ``--json`` prints only the record, as one line, on stdout.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,8 +33,18 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from lab.results import (
+    ADHOC_RESULTS_DIR,
+    PUBLISHED_MIN_CHAOS_TASKS,
+    PUBLISHED_MIN_ROUTINE_FAULTS,
+    PUBLISHED_MIN_SOAK_FAULTS,
+    default_results_dir,
+    is_published_size,
+)
 
 app = typer.Typer(
     help="Kill brokers and workers under load and count what each broker setup loses or runs twice.",
@@ -42,12 +56,25 @@ app = typer.Typer(
 EXIT_GUARANTEE_BROKEN = 1
 EXIT_RUN_FAILED = 2
 
-#: Tables go to stdout; piped into a file or CI log they keep all their columns.
-stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
+
+def _width() -> int | None:
+    """$COLUMNS if set, else the terminal's; None (as wide as the table) piped into a file or CI log."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit():
+        return int(columns)
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+stdout = Console(highlight=False, width=_width() or 240)
 stderr = Console(stderr=True, highlight=False)
 
 DRIVER_HELP = "docker | process (default: $BROKERSTACK_TEST_DRIVER, else docker when an engine answers)"
-RESULTS_HELP = "where records go (default: $BROKERSTACK_RESULTS_DIR, else results/)"
+RESULTS_HELP = (
+    "where records go (default: $BROKERSTACK_RESULTS_DIR, else results/ for a run of the published size: "
+    f">= {PUBLISHED_MIN_CHAOS_TASKS} --tasks, routine operations >= {PUBLISHED_MIN_ROUTINE_FAULTS} faults, soaks "
+    f">= {PUBLISHED_MIN_SOAK_FAULTS} kills (--duration / --fault-interval); smaller runs go to results/tmp/)"
+)
+TABLE_RESULTS_HELP = "records to read (default: $BROKERSTACK_RESULTS_DIR, else results/; ad-hoc runs: results/tmp)"
 KEEP_HELP = "keep worker/API logs and the SQLite history of a completed run under <results>/tmp/chaos/<run id>/"
 TRANSPORT_HELP = "Redis setups: brokerstack | kombu (REDIS_TRANSPORT); does not apply to RabbitMQ setups"
 DURATION_HELP = (
@@ -274,7 +301,7 @@ def matrix_command(
 
 @app.command("table")
 def table_command(
-    results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
+    results_dir: Path | None = typer.Option(None, "--results-dir", help=TABLE_RESULTS_HELP),
     every: bool = typer.Option(False, "--all", help="every stored run, not only the newest per pair"),
     min_tasks: int = typer.Option(0, "--min-tasks", help="only runs with at least this many tasks"),
     driver: str | None = typer.Option(None, "--driver", help="only runs on this driver (docker | process)"),
@@ -308,6 +335,7 @@ def _run_one(scenario: str, setup: str, options: Any, results_dir: Path | None, 
     """Run with a progress bar on stderr; returns the record, or None if the run failed."""
     from lab.chaos import ChaosRun
 
+    results_dir = _results_for(scenario, options, results_dir)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     show = not quiet or stderr.is_terminal
     progress = Progress(
@@ -386,6 +414,22 @@ def _run_one(scenario: str, setup: str, options: Any, results_dir: Path | None, 
             stderr.print(f"record: {run.record.path}", soft_wrap=True)
 
 
+def _results_for(scenario: str, options: Any, explicit: Path | None) -> Path:
+    """Where this run's record goes: a run smaller than the published ones must not replace one."""
+    from lab.chaos import SCENARIOS
+
+    soak = options.duration is not None
+    faults = int(options.duration / options.fault_interval) if soak else SCENARIOS[scenario].faults_planned(options)
+    published = is_published_size(scenario, tasks=options.tasks, faults=faults, soak=soak)
+    directory = default_results_dir(explicit, published=published)
+    if directory == ADHOC_RESULTS_DIR:
+        stderr.print(
+            f"below the published size ({options.tasks} tasks, {faults} faults planned): the record goes to "
+            f"{directory}/, not results/ (--results-dir results to keep it there)"
+        )
+    return directory
+
+
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -400,6 +444,62 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def _print_table(records: list[dict[str, Any]], title: str) -> None:
+    """The wide table where every number fits, else a few lines per record (a narrow terminal)."""
+    table = _wide_table(records, title)
+    # Measured unbounded: the widest the table gets with no cell cut or wrapped.
+    needed = Measurement.get(Console(width=10_000), Console(width=10_000).options, table).maximum
+    width = _width() or needed
+    if width >= needed:
+        Console(highlight=False, width=width).print(table)
+    else:
+        _print_blocks(records, title, width)
+
+
+def _guarantee(row: dict[str, Any]) -> str:
+    if row["guarantee"] is None:
+        return "none promised"
+    if row["held"]:
+        return f"[green]{row['guarantee']} held[/green]"
+    return f"[red]{row['guarantee']} BROKEN[/red]"
+
+
+def _lost_cell(lost: Any) -> str:
+    return "-" if lost is None else (f"[red]{lost}[/red]" if lost else "0")
+
+
+def _print_blocks(records: list[dict[str, Any]], title: str, width: int) -> None:
+    """The narrow layout: a few short lines per record, the counts the runs exist for first."""
+    from lab.chaos import summary_row
+
+    console = Console(highlight=False, width=width)
+    console.print(title, soft_wrap=False)
+    for data in records:
+        row = summary_row(data)
+        scenario = row["scenario"] + (" (soak)" if row["mode"] == "soak" else "")
+        lines = [
+            f"[bold]{scenario}[/bold] on {row['setup']}, transport {row['transport'] or '-'}",
+            f"  lost {_lost_cell(row['lost'])}  duplicated {_fmt(row['duplicated'])}  faults {_fmt(row['faults'])}  "
+            f"acked {_fmt(row['acknowledged'])} of {_fmt(row['attempted'])}  executed {_fmt(row['executed'])}",
+        ]
+        if row["mode"] == "soak":
+            lines.append(
+                f"  lost/fault {_fmt(row['lost_per_fault'], 3)}  dup/fault {_fmt(row['duplicated_per_fault'], 3)}"
+            )
+        lines += [
+            f"  {_guarantee(row)}  recovered {_fmt(row['recovered'])}  unexpected {_fmt(row['unexpected'])}  "
+            f"drained {'yes' if row['drained'] else '[yellow]no[/yellow]'}",
+            f"  redelivery {_seconds(row['redelivery_s'])}  producer back {_seconds(row['recovery_s'])}  "
+            f"workers back {_seconds(row['consumer_recovery_s'])}  run {_seconds(row['duration_s'])}",
+        ]
+        for line in lines:
+            console.print(line)
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _wide_table(records: list[dict[str, Any]], title: str) -> Table:
     from lab.chaos import summary_row
 
     table = Table(title=title, title_justify="left")
@@ -424,18 +524,14 @@ def _print_table(records: list[dict[str, Any]], title: str) -> None:
         ("guarantee", "left"),
         ("run s", "right"),
     ):
-        no_wrap = column in ("scenario", "setup", "transport", "guarantee")
-        table.add_column(column, justify=justify, no_wrap=no_wrap)  # type: ignore[arg-type]
+        # Numbers never wrap (a count cut to "5…" is no count); headers and the guarantee may.
+        no_wrap = column not in ("guarantee",)
+        max_width = None if no_wrap else 18
+        table.add_column(column, justify=justify, no_wrap=no_wrap, max_width=max_width)  # type: ignore[arg-type]
     for data in records:
         row = summary_row(data)
-        lost = row["lost"]
-        lost_cell = "-" if lost is None else (f"[red]{lost}[/red]" if lost else "0")
-        if row["guarantee"] is None:
-            guarantee = "none promised"
-        elif row["held"]:
-            guarantee = f"[green]{row['guarantee']} held[/green]"
-        else:
-            guarantee = f"[red]{row['guarantee']} BROKEN[/red]"
+        lost_cell = _lost_cell(row["lost"])
+        guarantee = _guarantee(row)
         scenario = row["scenario"] + (" (soak)" if row["mode"] == "soak" else "")
         table.add_row(
             scenario,
@@ -458,7 +554,7 @@ def _print_table(records: list[dict[str, Any]], title: str) -> None:
             guarantee,
             _fmt(row["duration_s"], 0),
         )
-    stdout.print(table)
+    return table
 
 
 def _print_details(data: dict[str, Any]) -> None:

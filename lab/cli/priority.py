@@ -14,7 +14,7 @@ from rich.table import Table
 from lab.nodes import BrokerKind, make_node
 from lab.nodes.factory import DriverChoice
 from lab.priority import BACKLOG, URGENT, measure_priority
-from lab.results import RESULTS_DIR_ENV
+from lab.results import RESULTS_DIR_ENV, RESULTS_DIR_RULE, default_results_dir
 from lab.stack import settings_for
 
 #: What is measured by default: Redis, and RabbitMQ with each queue type.
@@ -26,15 +26,17 @@ def priority(
     driver: str | None = typer.Option(None, help="docker | process (default: BROKERSTACK_TEST_DRIVER, else auto)"),
     backlog: int = typer.Option(BACKLOG, min=1, help="low-priority tasks queued first"),
     urgent: int = typer.Option(URGENT, min=1, help="urgent tasks queued after them"),
-    results_dir: Path = typer.Option(None, help=f"where records go (default: ${RESULTS_DIR_ENV} or results/)"),
+    results_dir: Path = typer.Option(
+        None, help=f"where records go ({RESULTS_DIR_RULE}: the default --backlog and --urgent)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="the records as one JSON line on stdout"),
 ) -> None:
     """Backlog of low-priority tasks, then urgent ones, then one worker: rank the completions on
     Redis, RabbitMQ classic and RabbitMQ quorum queues (fresh broker nodes each)."""
     import os
 
-    if results_dir is not None:
-        os.environ[RESULTS_DIR_ENV] = str(results_dir)
+    published = backlog == BACKLOG and urgent == URGENT
+    os.environ[RESULTS_DIR_ENV] = str(default_results_dir(results_dir, published=published))
     chosen = cast("DriverChoice | None", driver)  # make_node checks the name and says which it takes
     records = []
     with make_node("redis", chosen, name="priority-results") as results:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 
 from lab.report import load_sources, write_report
+from lab.report.sources import PUBLISHED_MIN_CHAOS_TASKS, PUBLISHED_MIN_ROUTINE_FAULTS, PUBLISHED_MIN_SOAK_FAULTS
 from lab.results import RESULTS_DIR_ENV, results_dir
 
 
@@ -17,17 +19,23 @@ def report(
     output: Path = typer.Option(Path("docs/ops-comparison.md"), help="the Markdown file to write"),
     charts_dir: Path = typer.Option(None, help="where the PNG charts go (default: <output dir>/img)"),
     min_chaos_tasks: int = typer.Option(
-        0, help="ignore chaos runs with fewer tasks (e.g. 5000 for the published table)"
+        PUBLISHED_MIN_CHAOS_TASKS,
+        help=f"leave out chaos runs below the published size: fewer tasks than this (routine operations: fewer "
+        f"than {PUBLISHED_MIN_ROUTINE_FAULTS} faults, soaks: fewer than {PUBLISHED_MIN_SOAK_FAULTS} kills); "
+        "0 counts every run, e.g. for a report of your own runs with --output elsewhere",
     ),
 ) -> None:
     """Render the ops comparison (tables, charts, the walkthrough's table answered) from the chaos,
-    priority and bench records; every number cites the record it came from."""
+    priority and bench records; every number cites the record it came from. Chaos runs below the
+    published size are left out (named on stderr), so a small run never replaces a published row."""
     root = results or results_dir()
     if not root.is_dir():
         raise SystemExit(
             f"brokerstack: no results directory {root} (run `brokerstack chaos matrix`, `bench`, `priority` first)"
         )
     sources = load_sources(root, min_chaos_tasks=min_chaos_tasks)
+    for skipped in sources.unpublished:
+        print(f"brokerstack: not published (below the published size): {skipped}", file=sys.stderr)
     path = write_report(sources, output, charts_dir)
     typer.echo(
         f"wrote {path} from {len(sources.chaos)} chaos, {len(sources.bench)} bench and "

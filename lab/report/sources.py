@@ -12,18 +12,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.bench import READABLE_SCHEMAS as BENCH_SCHEMAS
+from lab.bench.records import upgrade_record
 from lab.chaos.record import load_records as load_chaos_records
-from lab.chaos.record import record_mode, record_size
-from lab.chaos.setups import ROUTINE
+from lab.chaos.record import record_mode, record_size, record_transport
+from lab.results import (
+    PUBLISHED_MIN_CHAOS_TASKS,
+    PUBLISHED_MIN_ROUTINE_FAULTS,
+    PUBLISHED_MIN_SOAK_FAULTS,
+    is_published_size,
+)
 
-#: The published durability table counts only chaos runs this large (smaller ones are test runs)...
-PUBLISHED_MIN_CHAOS_TASKS = 5000
-#: ...except the routine operations, whose size is their faults (a rolling deploy runs a few tasks a
-#: second: 5,000 of them would take an hour), and soaks, sized by their hard kills.
-PUBLISHED_MIN_ROUTINE_FAULTS = 20
-PUBLISHED_MIN_SOAK_FAULTS = 100
+__all__ = [
+    "PUBLISHED_MIN_CHAOS_TASKS",
+    "PUBLISHED_MIN_ROUTINE_FAULTS",
+    "PUBLISHED_MIN_SOAK_FAULTS",
+    "Source",
+    "Sources",
+    "is_published_size",
+    "load_sources",
+]
 
-BENCH_SCHEMA = "brokerstack.bench/1"
 PRIORITY_SCHEMA = "brokerstack.priority/1"
 
 
@@ -43,6 +52,8 @@ class Sources:
     bench: list[dict[str, Any]] = field(default_factory=list)
     priority: list[dict[str, Any]] = field(default_factory=list)
     cited: dict[str, Source] = field(default_factory=dict)
+    #: Chaos records left out for being below the published size (one line each, for a warning).
+    unpublished: list[str] = field(default_factory=list)
 
     def cite(self, record: dict[str, Any]) -> str:
         """The record's label, as a Markdown reference link."""
@@ -61,54 +72,68 @@ class Sources:
 
 def load_sources(root: Path, *, min_chaos_tasks: int = 0) -> Sources:
     sources = Sources(root=root)
-    sources.chaos = load_chaos_records(root, latest_only=True, keep=_published(min_chaos_tasks))
+    sources.chaos = load_chaos_records(root, latest_only=True, keep=_published(min_chaos_tasks, sources.unpublished))
     sources.bench = _latest_bench(root)
-    sources.priority = _json_records(root / "priority", PRIORITY_SCHEMA)
+    sources.priority = _json_records(root / "priority", (PRIORITY_SCHEMA,))
     sources.label_all()
     return sources
 
 
-def _published(min_chaos_tasks: int) -> Any:
-    """Which chaos records a report at this size counts (0: every completed one)."""
+def _published(min_chaos_tasks: int, skipped: list[str]) -> Any:
+    """Which chaos records a report at this size counts (0: every completed one); the others are
+    named in ``skipped``. Filtering happens before the newest run per pair is chosen, so a smaller
+    newer run never hides a published one."""
     if not min_chaos_tasks:
         return None
 
     def keep(data: dict[str, Any]) -> bool:
         faults = len(data.get("faults") or [])
-        if record_mode(data) == "soak":
-            return faults >= PUBLISHED_MIN_SOAK_FAULTS
-        if data.get("scenario") in ROUTINE:
-            return faults >= PUBLISHED_MIN_ROUTINE_FAULTS
-        return record_size(data) >= min_chaos_tasks
+        soak = record_mode(data) == "soak"
+        size = record_size(data)
+        if is_published_size(
+            data.get("scenario", ""), tasks=size, faults=faults, soak=soak, min_chaos_tasks=min_chaos_tasks
+        ):
+            return True
+        skipped.append(
+            f"{data.get('scenario')} on {data.get('setup')} ({record_transport(data) or '-'} transport, "
+            f"run {data.get('run_id')}): {size} tasks, {faults} faults"
+        )
+        return False
 
     return keep
 
 
-def _json_records(directory: Path, schema: str) -> list[dict[str, Any]]:
+def _json_records(directory: Path, schemas: tuple[str, ...]) -> list[dict[str, Any]]:
     records = []
     for path in sorted(directory.glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if data.get("schema") == schema:
+        if data.get("schema") in schemas:
             data["_path"] = str(path)
             records.append(data)
     return records
 
 
 def _latest_bench(root: Path) -> list[dict[str, Any]]:
-    """One completed bench record per setup and driver: a full run if there is one, else quick."""
+    """One completed bench record per setup and driver, read as the current schema: a full run
+    before a quick one, then one that compared both Redis transports, then the newest."""
     best: dict[tuple[str, str], dict[str, Any]] = {}
-    for record in _json_records(root / "bench", BENCH_SCHEMA):
-        if record.get("status") != "completed":
+    for raw in _json_records(root / "bench", BENCH_SCHEMAS):
+        if raw.get("status") != "completed":
             continue
+        record = upgrade_record(raw)
+        record["_path"] = raw["_path"]
         key = (record["setup"], record["driver"])
         current = best.get(key)
-        rank = (record.get("mode") == "full", record.get("started_at", ""))
-        if current is None or rank > (current.get("mode") == "full", current.get("started_at", "")):
+        if current is None or _bench_rank(record) > _bench_rank(current):
             best[key] = record
     return [best[key] for key in sorted(best)]
+
+
+def _bench_rank(record: dict[str, Any]) -> tuple[bool, int, str]:
+    return (record.get("mode") == "full", len(record.get("transports") or []), record.get("started_at", ""))
 
 
 def _describe_chaos(r: dict[str, Any]) -> str:

@@ -3,8 +3,12 @@ so no number in it was typed or edited by hand, and every chart it links to is c
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
+
+import typer
 
 from lab.report import Report, load_sources
 from lab.report.render import PUBLISHED_MIN_CHAOS_TASKS
@@ -36,9 +40,8 @@ def _chaos_record(
     transport: str | None = "brokerstack",
     duration: float | None = None,
     lost: int = 0,
+    tasks: int = 10,
 ) -> None:
-    import json
-
     from lab.chaos import Attempt, Execution, RunRecord, account
     from lab.chaos.record import write_record
 
@@ -48,7 +51,7 @@ def _chaos_record(
         run_id=run_id,
         started_at=f"2026-01-02T03:04:{run_id[-2:]}.0Z",
         driver="process",
-        parameters={"tasks": 10, "kills": 4, "duration": duration},
+        parameters={"tasks": tasks, "kills": 4, "duration": duration},
         transport=transport,
         versions={"broker": "redis 8.0"},
     )
@@ -85,3 +88,128 @@ def test_without_kombus_transport_the_durability_table_keeps_its_columns(tmp_pat
     _chaos_record(tmp_path, "idle-kill", "redis-everysec", "00000001", transport="old")
     text = Report(load_sources(tmp_path), tmp_path / "doc.md", tmp_path / "img", draw_charts=False).render()
     assert "| setup | scenario | faults |" in text and "## Soak" not in text
+
+
+def _rate(median: float, low: float, high: float) -> dict[str, Any]:
+    return {"per_s": median, "per_s_min": low, "per_s_max": high, "per_s_runs": [low, median, high], "repeats": 3}
+
+
+def _bench_v2(root: Path, *, started_at: str = "2026-02-01T00:00:00Z") -> Path:
+    """The committed /1 Redis record, rewritten as a /2 one that compared both transports (3 repeats):
+    solo apart (brokerstack faster), threads overlapping (no difference), gevent measured."""
+    from lab.bench import SCHEMA, transport_comparison
+    from lab.bench.records import upgrade_record
+
+    record = upgrade_record(json.loads((REPO / "results" / "bench" / "redis-everysec-docker.json").read_text()))
+    record.pop("read_as", None)
+    rates = {
+        "brokerstack": {"solo": (900, 880, 920), "threads": (600, 560, 640), "gevent": (700, 690, 710)},
+        "kombu": {"solo": (500, 480, 520), "threads": (590, 550, 630), "gevent": (300, 290, 310)},
+    }
+    transports = {
+        name: {
+            pool: {"consume": _rate(*r), "defaults": {"consume": _rate(r[0] / 4, r[1] / 4, r[2] / 4)}}
+            for pool, r in pools.items()
+        }
+        for name, pools in rates.items()
+    }
+    record.update(schema=SCHEMA, started_at=started_at, transports=["brokerstack", "kombu"])
+    record["end_to_end"].update(
+        repeats=3,
+        pools=transports["brokerstack"],
+        transports={name: {"pools": pools} for name, pools in transports.items()},
+        comparison=transport_comparison(dict(transports.items())),
+    )
+    path = root / "bench" / "redis-everysec-docker.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_bench_v2_puts_the_redis_transports_side_by_side_with_medians_and_ranges(tmp_path: Path):
+    _bench_v2(tmp_path)
+    sources = load_sources(tmp_path)
+    assert len(sources.bench) == 1
+    text = Report(sources, tmp_path / "doc.md", tmp_path / "img", draw_charts=False).render()
+    side = text.split("### Redis transports side by side", 1)[1].split("\n### ", 1)[0]
+    assert (
+        "| redis-everysec | solo | fire-and-forget | 900/s [880-920] | 500/s [480-520] | 1.80 | "
+        "brokerstack faster | 3 | [B1] |" in side
+    )
+    assert (
+        "| redis-everysec | threads | fire-and-forget | 600/s [560-640] | 590/s [550-630] | 1.02 | "
+        "no difference | 3 | [B1] |" in side
+    )
+    assert "| redis-everysec | gevent |" in side
+    assert "- no difference: " in side and "threads fire-and-forget" in side.split("- no difference: ", 1)[1]
+    assert "the median of *repeats* drains" in side
+    speed = text.split("### Throughput against the raw client ceiling", 1)[1].split("\n### ", 1)[0]
+    assert "e2e gevent" in speed and "| 3 | [B1] |" in speed
+
+
+def test_a_v1_bench_record_renders_as_one_run_without_range(tmp_path: Path):
+    (tmp_path / "bench").mkdir()
+    committed = REPO / "results" / "bench" / "redis-everysec-docker.json"
+    (tmp_path / "bench" / committed.name).write_text(committed.read_text())
+    text = Report(load_sources(tmp_path), tmp_path / "doc.md", tmp_path / "img", draw_charts=False).render()
+    assert "1 (one run, no range)" in text
+    assert "No benchmark record compares brokerstack's Redis transport with kombu's yet" in text
+    assert "[" not in text.split("| redis-everysec |", 1)[1].split("\n", 1)[0].replace("[B1]", "")
+
+
+def test_a_record_comparing_both_transports_wins_over_a_newer_one_that_did_not(tmp_path: Path):
+    _bench_v2(tmp_path, started_at="2026-01-01T00:00:00Z")
+    newer = json.loads((tmp_path / "bench" / "redis-everysec-docker.json").read_text())
+    newer.update(started_at="2026-03-01T00:00:00Z", transports=["kombu"], run_id="newer")
+    (tmp_path / "bench" / "redis-everysec-docker-kombu.json").write_text(json.dumps(newer))
+    (bench,) = load_sources(tmp_path).bench
+    assert bench["transports"] == ["brokerstack", "kombu"]
+
+
+def test_charts_mark_zero_lost_and_show_defaults_and_every_pool(tmp_path: Path):
+    _bench_v2(tmp_path)
+    _chaos_record(tmp_path, "idle-kill", "redis-everysec", "00000001")
+    _chaos_record(tmp_path, "idle-kill", "redis-always", "00000002", lost=6)
+    sources = load_sources(tmp_path)
+    report = Report(sources, tmp_path / "doc.md", tmp_path / "img")
+    report.render()
+    for name in ("durability.png", "throughput.png"):
+        assert (tmp_path / "img" / name).stat().st_size > 10_000
+
+
+def test_the_report_command_leaves_out_runs_below_the_published_size(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from lab.cli import report as report_cli
+
+    app = typer.Typer()
+    app.command()(report_cli.report)
+    _chaos_record(tmp_path, "broker-kill", "redis-everysec", "00000001", tasks=5000)
+    _chaos_record(tmp_path, "broker-kill", "redis-everysec", "00000002", tasks=300, lost=3)  # newer, smaller
+    result = CliRunner().invoke(
+        app, ["--results-dir", str(tmp_path), "--output", str(tmp_path / "doc.md"), "--charts-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "not published (below the published size): broker-kill on redis-everysec" in result.stderr
+    assert "run 00000002" in result.stderr
+    doc = (tmp_path / "doc.md").read_text()
+    assert "run 00000001" in doc and "00000002" not in doc
+
+
+def test_brokers_whose_ranges_overlap_are_not_ranked(tmp_path: Path):
+    from lab.bench import SCHEMA
+    from lab.bench.records import upgrade_record
+
+    _bench_v2(tmp_path)  # Redis: best fire-and-forget is solo, 900/s [880-920]
+    record = upgrade_record(json.loads((REPO / "results" / "bench" / "rabbitmq-confirms-docker.json").read_text()))
+    record.pop("read_as", None)
+    record["schema"] = SCHEMA
+    record["end_to_end"]["repeats"] = 3
+    for pool, section in record["end_to_end"]["pools"].items():
+        section["consume"] = _rate(890, 850, 910) if pool == "solo" else _rate(100, 90, 110)
+        section["defaults"]["consume"] = _rate(200, 190, 210)
+    (tmp_path / "bench" / "rabbitmq-confirms-docker.json").write_text(json.dumps(record))
+    text = Report(load_sources(tmp_path), tmp_path / "doc.md", tmp_path / "img", draw_charts=False).render()
+    bullet = next(line for line in text.splitlines() if "Redis is fast, RabbitMQ slow" in line)
+    assert "no difference" in bullet and "ahead" not in bullet, bullet
+    assert "900/s [880-920]" in bullet and "890/s [850-910]" in bullet
