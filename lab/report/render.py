@@ -498,7 +498,8 @@ class Report:
             [
                 "## Soak: faults at random intervals for a set time",
                 "",
-                "`brokerstack chaos run --scenario worker-kill --duration 20m [--transport kombu]`: hard kills of a "
+                "`brokerstack chaos run --scenario worker-kill --setup redis-everysec --duration 16m "
+                "--fault-interval 5 --visibility-timeout 5 [--transport kombu]`: hard kills of a "
                 "random worker at seeded random intervals under a steady load (mostly no-ops, one task in twenty a "
                 "1 s sleep), "
                 "then a drain and the same accounting, given per fault. For comparison, a public soak harness for a "
