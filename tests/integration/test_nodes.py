@@ -104,6 +104,10 @@ def write_durable(node: BrokerNode) -> None:
         conn.Producer().publish(
             PAYLOAD, routing_key=QUEUE.routing_key, declare=[QUEUE], delivery_mode=2, serializer="json"
         )
+    # A confirm covers the message, not the queue's own record: RabbitMQ writes a new durable queue's
+    # metadata to its Mnesia log a moment later, and a kill -9 in between loses the queue (seen once
+    # in CI on a loaded machine). Flush the log so the test kills a node that has both on disk.
+    node.rabbitmqctl("eval", "mnesia:sync_log().")  # type: ignore[attr-defined]
 
 
 def read_durable(node: BrokerNode) -> Any:
