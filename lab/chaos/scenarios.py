@@ -41,7 +41,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from lab.chaos.load import ApiLoad, CeleryLoad, SinglePublisher, noop_plan
+from lab.chaos.load import ApiLoad, CeleryLoad, Plan, SinglePublisher, noop_plan
 from lab.chaos.runner import RunOptions, summarize
 from lab.nodes import proctree
 
@@ -199,6 +199,34 @@ def first_limit(points: list[int], total: int) -> int:
     return points[1] if len(points) > 1 else total
 
 
+def run_faulted_load(
+    ctx: ChaosRun, points: list[int], inject: Any, *, plan: Plan = noop_plan, wait_recovery: bool = True
+) -> None:
+    """The skeleton the fault-point scenarios share: the run's Celery load (``plan`` picks each
+    task, no-ops by default), one fault per point, the load finished, the queues drained."""
+    o = ctx.options
+    load = CeleryLoad(
+        ctx.settings,
+        ctx.ledger,
+        total=o.tasks,
+        rate=ctx.rate,
+        id_prefix=f"chaos-{ctx.run_id}",
+        threads=o.producers,
+        limit=first_limit(points, o.tasks),
+        plan=plan,
+    )
+    ctx.register_load(load)
+    load.start()
+    run_faults(ctx, load, points, inject, wait_recovery=wait_recovery)
+    finish_load(ctx, load)
+    ctx.drain()
+
+
+def kill_target_for(options: Any, n: int) -> str:
+    """What the n-th worker kill hits: the configured target, or worker and pool child in turn."""
+    return options.kill_target if options.kill_target != "both" else ("worker", "child")[(n - 1) % 2]
+
+
 def finish_load(ctx: ChaosRun, load: Any) -> None:
     ctx.wait_until(lambda: load.done, 24 * 3600, "the load to finish", phase="load")
     errors = [load.error] if getattr(load, "error", None) else list(getattr(load, "errors", []))
@@ -299,22 +327,8 @@ class BrokerFaultScenario(Scenario):
 
     def run(self, ctx: ChaosRun) -> None:
         start_stack(ctx)
-        o = ctx.options
         points = ctx.fault_points()
-        load = CeleryLoad(
-            ctx.settings,
-            ctx.ledger,
-            total=o.tasks,
-            rate=ctx.rate,
-            id_prefix=f"chaos-{ctx.run_id}",
-            threads=o.producers,
-            limit=first_limit(points, o.tasks),
-        )
-        ctx.register_load(load)
-        load.start()
-        run_faults(ctx, load, points, self.inject)
-        finish_load(ctx, load)
-        ctx.drain()
+        run_faulted_load(ctx, points, self.inject)
         broker_recovery_metrics(ctx)
         describe_errors(ctx)
 
@@ -439,26 +453,10 @@ class WorkerKill(Scenario):
                 return SLEEP_TASK, [o.long_task_seconds], "long"
             return noop_plan(index)
 
-        load = CeleryLoad(
-            ctx.settings,
-            ctx.ledger,
-            total=o.tasks,
-            rate=ctx.rate,
-            id_prefix=f"chaos-{ctx.run_id}",
-            plan=plan,
-            threads=o.producers,
-            limit=first_limit(points, o.tasks),
-        )
-        ctx.register_load(load)
-        load.start()
-
         def inject(ctx: ChaosRun, n: int) -> dict[str, Any] | None:
-            target = o.kill_target if o.kill_target != "both" else ("worker", "child")[(n - 1) % 2]
-            return self.kill_one(ctx, n, target)
+            return self.kill_one(ctx, n, kill_target_for(o, n))
 
-        run_faults(ctx, load, points, inject, wait_recovery=False)
-        finish_load(ctx, load)
-        ctx.drain()
+        run_faulted_load(ctx, points, inject, plan=plan, wait_recovery=False)
         delays = [f.get("redelivery_s") for f in ctx.record.faults]
         ctx.timings["redelivery_delay_s"] = summarize(delays)
         ctx.timings["first_redelivery_s"] = summarize([f.get("first_redelivery_s") for f in ctx.record.faults])
@@ -562,8 +560,7 @@ class WorkerKill(Scenario):
                     break
                 ctx.pause(max(0.0, due - time.time()), "soaking")
                 n = ctx.faults_done + 1
-                target = o.kill_target if o.kill_target != "both" else ("worker", "child")[(n - 1) % 2]
-                self.soak_kill(ctx, n, target)
+                self.soak_kill(ctx, n, kill_target_for(o, n))
                 last = time.time()
                 if load.done:
                     raise RuntimeError(f"the producer stopped: {load.error!r}")
@@ -892,21 +889,7 @@ class RollingDeploy(Scenario):
             seconds = round(random.Random(f"{seed}-{index}").uniform(*DEPLOY_TASK_SECONDS), 2)
             return SLEEP_TASK, [seconds], "deploy"
 
-        load = CeleryLoad(
-            ctx.settings,
-            ctx.ledger,
-            total=o.tasks,
-            rate=ctx.rate,
-            id_prefix=f"chaos-{ctx.run_id}",
-            plan=plan,
-            threads=o.producers,
-            limit=first_limit(points, o.tasks),
-        )
-        ctx.register_load(load)
-        load.start()
-        run_faults(ctx, load, points, self.inject)
-        finish_load(ctx, load)
-        ctx.drain()
+        run_faulted_load(ctx, points, self.inject, plan=plan)
         finished_by: dict[str, set[str]] = {}
         for entry in ctx.executions.entries:
             if entry.event == "finish":
@@ -986,21 +969,7 @@ class BrokerRestartMidTask(Scenario):
                 return SLEEP_TASK, [seconds], "long"
             return noop_plan(index)
 
-        load = CeleryLoad(
-            ctx.settings,
-            ctx.ledger,
-            total=o.tasks,
-            rate=ctx.rate,
-            id_prefix=f"chaos-{ctx.run_id}",
-            plan=plan,
-            threads=o.producers,
-            limit=first_limit(points, o.tasks),
-        )
-        ctx.register_load(load)
-        load.start()
-        run_faults(ctx, load, points, self.inject)
-        finish_load(ctx, load)
-        ctx.drain()
+        run_faulted_load(ctx, points, self.inject, plan=plan)
         finishes: dict[str, list[float]] = {}
         for entry in ctx.executions.entries:
             if entry.event == "finish":
