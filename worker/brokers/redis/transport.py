@@ -29,6 +29,7 @@ from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -312,8 +313,6 @@ class BrokerstackChannel:
 
     def _script_client(self) -> Any:
         """A client that sends script calls as they are: their keys are prefixed already."""
-        import redis
-
         return redis.Redis(connection_pool=self.pool)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
