@@ -64,4 +64,4 @@ measure: venv
 
 # Leftover broker containers/processes of a crashed run.
 clean-nodes: venv
-	$(PY) -c "from lab.nodes import remove_stale_nodes; print(remove_stale_nodes())"
+	$(PY) -c "from lab.harness.nodes import remove_stale_nodes; print(remove_stale_nodes())"

@@ -1,7 +1,7 @@
 """The real-broker test layer: broker nodes as fixtures, so the same test body runs on both
 profiles, plus real ``celery worker`` processes and the API against them.
 
-Brokers come from lab.nodes: containers when a Docker engine answers, local broker processes on
+Brokers come from lab.harness.nodes: containers when a Docker engine answers, local broker processes on
 free ports otherwise (BROKERSTACK_TEST_DRIVER=auto|docker|process).
 """
 
@@ -21,9 +21,9 @@ os.environ.setdefault("BROKERSTACK_RESULTS_DIR", tempfile.mkdtemp(prefix="broker
 import pytest
 from fastapi.testclient import TestClient
 
-from lab.nodes import BrokerNode, DriverName, make_node, resolve_driver
-from lab.processes import CeleryWorker
-from lab.stack import settings_for
+from lab.harness.nodes import BrokerNode, DriverName, make_node, resolve_driver
+from lab.harness.processes import CeleryWorker
+from lab.harness.settings import settings_for
 from services.api.app import create_app
 from worker.celery_app import create_celery
 from worker.settings import Settings

@@ -2,7 +2,7 @@
 under test, so failure-injection runs can count what was lost or run twice.
 
 Off unless LEDGER_URL is set. Each task start and finish appends one JSON entry to the run's list
-(``brokerstack:ledger:<LEDGER_RUN>:events``); lab.chaos reads them back and does the accounting.
+(``brokerstack:ledger:<LEDGER_RUN>:events``); lab.experiments.chaos reads them back and does the accounting.
 """
 
 from __future__ import annotations

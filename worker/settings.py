@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     heartbeat_interval: float = Field(default=60.0, gt=0)
 
-    # --- failure-injection instrumentation (lab.chaos) -------------------------------------------
+    # --- failure-injection instrumentation (lab.experiments.chaos) ---------------------------
     #: A Redis outside the broker under test where workers log every task start and finish.
     ledger_url: str | None = None
     ledger_run: str = "default"

@@ -12,7 +12,7 @@ the medians, their ranges, the ratio, and whether the difference is outside the 
 
 Each setup gets its own broker node and auxiliary Redis (containers, or local broker processes
 with BROKERSTACK_TEST_DRIVER=process), started and stopped by the run; one JSON record per setup is
-written under ``<results dir>/bench/`` (schema: ``lab.bench``'s docstring).
+written under ``<results dir>/bench/`` (schema: ``lab.experiments.bench``'s docstring).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lab.results import RESULTS_DIR_RULE, default_results_dir
+from lab.harness.results import RESULTS_DIR_RULE, default_results_dir
 
 console = Console(stderr=True)
 #: The pool columns of the summary (records of older runs have no gevent: "-").
@@ -61,8 +61,8 @@ def bench(
 ) -> None:
     """Measure every broker setup: raw client ceiling, end to end per worker pool, the API under load,
     broker resources. Exits 1 if a setup could not be measured completely."""
-    from lab.bench import BenchParams, run_bench
-    from lab.chaos.setups import SETUPS, get_setup
+    from lab.experiments.bench import BenchParams, run_bench
+    from lab.harness.setups import SETUPS, get_setup
 
     names = list(setups or SETUPS)
     try:
@@ -138,7 +138,7 @@ def bench(
 
 
 def _transports(choice: str) -> tuple[str, ...]:
-    from lab.bench import REDIS_TRANSPORTS
+    from lab.experiments.bench import REDIS_TRANSPORTS
 
     if choice == "both":
         return REDIS_TRANSPORTS
@@ -149,7 +149,7 @@ def _transports(choice: str) -> tuple[str, ...]:
 
 def _check_can_run(driver: Any, brokers: set[Any]) -> Any:
     """The driver to use, or exit with one line saying why nothing can run."""
-    from lab.nodes import docker_available, process_available, resolve_driver
+    from lab.harness.nodes import docker_available, process_available, resolve_driver
 
     try:
         resolved = resolve_driver(driver)
@@ -266,7 +266,7 @@ def _spread_cell(side: dict[str, Any]) -> str:
 def transport_table(records: list[dict[str, Any]]) -> Table:
     """Redis: brokerstack's transport next to kombu's, per setup and pool, for the fire-and-forget
     drain and the one with brokerstack's defaults."""
-    from lab.bench import REDIS_TRANSPORTS
+    from lab.experiments.bench import REDIS_TRANSPORTS
 
     a, b = REDIS_TRANSPORTS
     table = Table(

@@ -37,7 +37,7 @@ from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lab.results import (
+from lab.harness.results import (
     ADHOC_RESULTS_DIR,
     PUBLISHED_MIN_CHAOS_TASKS,
     PUBLISHED_MIN_ROUTINE_FAULTS,
@@ -84,7 +84,7 @@ DURATION_HELP = (
 
 
 def _check_transport(value: str) -> str:
-    from lab.chaos import TRANSPORTS
+    from lab.experiments.chaos import TRANSPORTS
 
     if value not in TRANSPORTS:
         raise typer.BadParameter(f"unknown transport {value!r}; one of: {', '.join(TRANSPORTS)}")
@@ -92,7 +92,7 @@ def _check_transport(value: str) -> str:
 
 
 def _parse_duration(value: str | None) -> float | None:
-    from lab.chaos import parse_duration
+    from lab.experiments.chaos import parse_duration
 
     if value is None:
         return None
@@ -111,7 +111,7 @@ def _check_name(kind: str, value: str, known: dict[str, Any]) -> str:
 @app.command("list")
 def list_command(as_json: bool = typer.Option(False, "--json", help="print as one JSON object")) -> None:
     """Name the scenarios and the broker setups, with what each setup promises."""
-    from lab.chaos import SCENARIO_NAMES, SCENARIOS, SETUPS
+    from lab.experiments.chaos import SCENARIO_NAMES, SCENARIOS, SETUPS
 
     if as_json:
         typer.echo(
@@ -182,7 +182,7 @@ def run_command(
     keep_logs: bool = typer.Option(True, "--keep-logs/--no-keep-logs", help=KEEP_HELP),
 ) -> None:
     """Run one scenario on one setup, print the counts; exit 1 if the setup broke its promise."""
-    from lab.chaos import SCENARIOS, SETUPS, RunOptions, get_setup
+    from lab.experiments.chaos import SCENARIOS, SETUPS, RunOptions, get_setup
 
     _check_name("scenario", scenario, SCENARIOS)
     _check_name("setup", setup, SETUPS)
@@ -247,7 +247,7 @@ def matrix_command(
     keep_logs: bool = typer.Option(True, "--keep-logs/--no-keep-logs", help=KEEP_HELP),
 ) -> None:
     """Run every applicable scenario x setup pair, one after the other, and print one table."""
-    from lab.chaos import SCENARIOS, SETUPS, RunOptions, applicable_pairs
+    from lab.experiments.chaos import SCENARIOS, SETUPS, RunOptions, applicable_pairs
 
     for name in scenario or []:
         _check_name("scenario", name, SCENARIOS)
@@ -308,8 +308,8 @@ def table_command(
     as_json: bool = typer.Option(False, "--json", help="print the rows as one JSON array"),
 ) -> None:
     """Print the table of stored records (the newest per scenario x setup)."""
-    from lab.chaos import load_records, summary_row
-    from lab.chaos import results_dir as resolve
+    from lab.experiments.chaos import load_records, summary_row
+    from lab.experiments.chaos import results_dir as resolve
 
     records = load_records(resolve(results_dir), latest_only=not every, min_tasks=min_tasks, driver=driver)
     if as_json:
@@ -333,7 +333,7 @@ def _options(cls: Any, **values: Any) -> Any:
 
 def _run_one(scenario: str, setup: str, options: Any, results_dir: Path | None, quiet: bool) -> Any:
     """Run with a progress bar on stderr; returns the record, or None if the run failed."""
-    from lab.chaos import ChaosRun
+    from lab.experiments.chaos import ChaosRun
 
     results_dir = _results_for(scenario, options, results_dir)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -416,7 +416,7 @@ def _run_one(scenario: str, setup: str, options: Any, results_dir: Path | None, 
 
 def _results_for(scenario: str, options: Any, explicit: Path | None) -> Path:
     """Where this run's record goes: a run smaller than the published ones must not replace one."""
-    from lab.chaos import SCENARIOS
+    from lab.experiments.chaos import SCENARIOS
 
     soak = options.duration is not None
     faults = int(options.duration / options.fault_interval) if soak else SCENARIOS[scenario].faults_planned(options)
@@ -469,7 +469,7 @@ def _lost_cell(lost: Any) -> str:
 
 def _print_blocks(records: list[dict[str, Any]], title: str, width: int) -> None:
     """The narrow layout: a few short lines per record, the counts the runs exist for first."""
-    from lab.chaos import summary_row
+    from lab.experiments.chaos import summary_row
 
     console = Console(highlight=False, width=width)
     console.print(title, soft_wrap=False)
@@ -500,7 +500,7 @@ def _seconds(value: Any) -> str:
 
 
 def _wide_table(records: list[dict[str, Any]], title: str) -> Table:
-    from lab.chaos import summary_row
+    from lab.experiments.chaos import summary_row
 
     table = Table(title=title, title_justify="left")
     for column, justify in (

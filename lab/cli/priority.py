@@ -11,11 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lab.nodes import BrokerKind, make_node
-from lab.nodes.factory import DriverChoice
-from lab.priority import BACKLOG, URGENT, measure_priority
-from lab.results import RESULTS_DIR_ENV, RESULTS_DIR_RULE, default_results_dir
-from lab.stack import settings_for
+from lab.experiments.priority import BACKLOG, URGENT, measure_priority
+from lab.harness.nodes import BrokerKind, make_node
+from lab.harness.nodes.factory import DriverChoice
+from lab.harness.results import RESULTS_DIR_ENV, RESULTS_DIR_RULE, default_results_dir
+from lab.harness.settings import settings_for
 
 #: What is measured by default: Redis, and RabbitMQ with each queue type.
 CASES: tuple[tuple[BrokerKind, str | None], ...] = (("redis", None), ("rabbitmq", "classic"), ("rabbitmq", "quorum"))

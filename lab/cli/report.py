@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
+from lab.harness.results import RESULTS_DIR_ENV, results_dir
 from lab.report import load_sources, write_report
 from lab.report.sources import PUBLISHED_MIN_CHAOS_TASKS, PUBLISHED_MIN_ROUTINE_FAULTS, PUBLISHED_MIN_SOAK_FAULTS
-from lab.results import RESULTS_DIR_ENV, results_dir
 
 
 def report(

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lab.chaos.record import summary_row
-from lab.chaos.setups import DEFAULT_TRANSPORT, ROUTINE, SCENARIO_NAMES, SETUPS
+from lab.experiments.chaos.record import summary_row
+from lab.harness.setups import DEFAULT_TRANSPORT, ROUTINE, SCENARIO_NAMES, SETUPS
 from lab.report import charts
 from lab.report.sources import (
     PUBLISHED_MIN_CHAOS_TASKS,

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.bench import READABLE_SCHEMAS as BENCH_SCHEMAS
-from lab.bench.records import upgrade_record
-from lab.chaos.record import load_records as load_chaos_records
-from lab.chaos.record import record_mode, record_size, record_transport
-from lab.results import (
+from lab.experiments.bench import READABLE_SCHEMAS as BENCH_SCHEMAS
+from lab.experiments.bench.records import upgrade_record
+from lab.experiments.chaos.record import load_records as load_chaos_records
+from lab.experiments.chaos.record import record_mode, record_size, record_transport
+from lab.harness.results import (
     PUBLISHED_MIN_CHAOS_TASKS,
     PUBLISHED_MIN_ROUTINE_FAULTS,
     PUBLISHED_MIN_SOAK_FAULTS,

@@ -16,9 +16,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from lab.bench import REDIS_TRANSPORTS, SCHEMA, SECTIONS, record_name
 from lab.cli.bench import transport_table
-from lab.nodes import resolve_driver
+from lab.experiments.bench import REDIS_TRANSPORTS, SCHEMA, SECTIONS, record_name
+from lab.harness.nodes import resolve_driver
 from services.cli import app
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from lab.bench import SCHEMA, available_pools
-from lab.bench.records import V1, upgrade_record
-from lab.bench.runner import BenchParams
-from lab.bench.stats import compare, median_of_runs
+from lab.experiments.bench import SCHEMA, available_pools
+from lab.experiments.bench.records import V1, upgrade_record
+from lab.experiments.bench.runner import BenchParams
+from lab.experiments.bench.stats import compare, median_of_runs
 
 
 def runs(*rates: float) -> dict[str, Any]:
@@ -116,7 +116,7 @@ def test_invalid_bench_options_are_refused(options: dict[str, Any]) -> None:
 
 
 def test_a_single_transport_run_never_replaces_the_side_by_side_record() -> None:
-    from lab.bench import record_name
+    from lab.experiments.bench import record_name
 
     assert record_name("redis-everysec", "docker", "full", ("brokerstack", "kombu")) == "redis-everysec-docker"
     assert record_name("redis-everysec", "docker", "quick", ("kombu",)) == "redis-everysec-docker-quick-kombu"

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from lab.nodes import docker_available
+from lab.harness.nodes import docker_available
 
 
 def _lab_containers() -> set[str]:
     """Names of lab containers created by this process (session fixtures included)."""
     if not docker_available():
         return set()
-    from lab.nodes.docker import LABEL, OWNER_LABEL, docker_client, owner_token
+    from lab.harness.nodes.docker import LABEL, OWNER_LABEL, docker_client, owner_token
 
     client = docker_client()
     try:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lab.chaos import (
+from lab.experiments.chaos import (
     HEADLINE_COUNTS,
     SCENARIO_NAMES,
     SETUPS,
@@ -26,8 +26,8 @@ from lab.chaos import (
     save_history,
     summary_row,
 )
-from lab.chaos.load import Counter
-from lab.chaos.record import RunRecord, write_record
+from lab.experiments.chaos.load import Counter
+from lab.experiments.chaos.record import RunRecord, write_record
 
 pytestmark = pytest.mark.chaos
 
@@ -268,7 +268,7 @@ def test_records_are_written_where_the_layout_says_and_read_back(tmp_path: Path)
 
 
 def test_task_ids_are_found_in_redis_aof_whoever_chose_them():
-    from lab.chaos.runner import TASK_ID_IN_AOF
+    from lab.experiments.chaos.runner import TASK_ID_IN_AOF
 
     aof = (
         b'*3\r\n$5\r\nLPUSH\r\n$7\r\ndefault\r\n$900\r\n{"headers": {"id": "chaos-0a1b2c3d-0000123", '

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.chaos import HEADLINE_COUNTS, Counts, RunOptions, RunRecord, run_scenario
+from lab.experiments.chaos import HEADLINE_COUNTS, Counts, RunOptions, RunRecord, run_scenario
 
 pytestmark = pytest.mark.chaos
 

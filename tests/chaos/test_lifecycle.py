@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.chaos import ChaosRun, Progress, RunOptions
+from lab.experiments.chaos import ChaosRun, Progress, RunOptions
 
 from .conftest import processes_of_run
 

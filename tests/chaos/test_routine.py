@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.chaos import ChaosRun, Progress, RunOptions, RunRecord, load_records, summary_row
+from lab.experiments.chaos import ChaosRun, Progress, RunOptions, RunRecord, load_records, summary_row
 
 from .test_guarantees import assert_reported, chaos, counts_of
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from lab.nodes.ports import free_port
+from lab.harness.nodes.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = REPO / ".env.example"

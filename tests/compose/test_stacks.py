@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from lab.results import results_dir
+from lab.harness.results import results_dir
 from tests.compose.stack import (
     APP_SERVICES,
     COMPOSE_FILES_SHARED,

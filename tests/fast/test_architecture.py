@@ -42,6 +42,31 @@ def test_layers_import_downwards_only(package: str, forbidden: set[str]) -> None
     assert {path: names for path, names in offenders.items() if names} == {}
 
 
+#: The lab's layers, bottom first: each may import the ones before it, never one after it.
+LAB_LAYERS = ("lab.harness", "lab.experiments", "lab.report", "lab.cli")
+
+
+@pytest.mark.parametrize("layer", LAB_LAYERS[:-1])
+def test_lab_layers_import_downwards_only(layer: str) -> None:
+    """harness <- experiments <- report <- cli: a node never knows a scenario, a scenario never
+    knows how it is reported."""
+    above = LAB_LAYERS[LAB_LAYERS.index(layer) + 1 :]
+    directory = ROOT.joinpath(*layer.split("."))
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            name for name in _imported_modules(path) if any(name == up or name.startswith(up + ".") for up in above)
+        )
+        for path in sorted(directory.rglob("*.py"))
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_the_lab_has_only_its_layers() -> None:
+    """Every lab module lives in one of the layers (nothing left beside them to import anything)."""
+    top = {path.name for path in (ROOT / "lab").iterdir() if not path.name.startswith(("_", "."))}
+    assert top == {layer.split(".")[1] for layer in LAB_LAYERS}
+
+
 def _imported_modules(path: Path) -> set[str]:
     """Dotted names a module imports (``from a import b`` counts as ``a`` and ``a.b``)."""
     found = set()

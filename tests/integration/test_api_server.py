@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from lab.nodes.ports import free_port
-from lab.processes import ApiServer
+from lab.harness.nodes.ports import free_port
+from lab.harness.processes import ApiServer
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 from kombu import Exchange, Queue
 from pydantic import SecretStr
 
-from lab.stack import settings_for
+from lab.harness.settings import settings_for
 from tests.helpers import wait_for
 from worker.celery_app import create_celery
 from worker.dead_letters import store_for

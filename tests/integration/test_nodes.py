@@ -1,4 +1,4 @@
-"""lab.nodes against real brokers: kill -9 keeps what was made durable, the
+"""lab.harness.nodes against real brokers: kill -9 keeps what was made durable, the
 port survives restarts, and close() leaves nothing behind."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import redis
 from kombu import Connection, Queue
 
-from lab.nodes import (
+from lab.harness.nodes import (
     BrokerNode,
     NodeError,
     RabbitCluster,
@@ -25,8 +25,8 @@ from lab.nodes import (
     proctree,
     remove_stale_containers,
 )
-from lab.nodes.base import poll
-from lab.nodes.ports import port_accepts
+from lab.harness.nodes.base import poll
+from lab.harness.nodes.ports import port_accepts
 
 pytestmark = pytest.mark.integration
 
@@ -238,7 +238,7 @@ def test_broken_rabbit_config_fails_fast_with_log_tail(driver: str) -> None:
 
 def test_remove_stale_containers_takes_only_orphans(monkeypatch: pytest.MonkeyPatch) -> None:
     require("redis", "docker")
-    import lab.nodes.docker as docker_driver
+    import lab.harness.nodes.docker as docker_driver
 
     live = make_node("redis", "docker")
     orphan = make_node("redis", "docker")

@@ -12,8 +12,8 @@ import schemathesis
 from hypothesis import HealthCheck, given
 from schemathesis.core.result import Ok
 
-from lab.nodes import make_node
-from lab.stack import settings_for
+from lab.harness.nodes import make_node
+from lab.harness.settings import settings_for
 from tests.helpers import run_task, wait_for, wait_for_task
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ import pytest
 import redis
 from kombu import Connection
 
-from lab.nodes import BrokerNode
-from lab.processes import CeleryWorker
+from lab.harness.nodes import BrokerNode
+from lab.harness.processes import CeleryWorker
 from tests.helpers import enqueue, wait_for, wait_for_task
 from worker.brokers.redis import PRIORITY_STEPS
 from worker.settings import Settings

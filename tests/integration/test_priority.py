@@ -1,13 +1,13 @@
 """Priority on a backlog: 1,000 low-priority tasks, then 50 urgent ones, then a worker. Where the
 urgent ones finish (their mean rank among completions) is measured per broker and queue type and
-written to the results directory (lab.priority)."""
+written to the results directory (lab.experiments.priority)."""
 
 from __future__ import annotations
 
 import pytest
 
-from lab.priority import BACKLOG, URGENT, ideal_mean_rank, measure_priority
-from lab.stack import settings_for
+from lab.experiments.priority import BACKLOG, URGENT, ideal_mean_rank, measure_priority
+from lab.harness.settings import settings_for
 
 pytestmark = pytest.mark.integration
 

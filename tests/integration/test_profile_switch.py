@@ -8,8 +8,8 @@ import re
 import httpx
 import pytest
 
-from lab.nodes import make_node
-from lab.processes import ApiServer, CeleryWorker
+from lab.harness.nodes import make_node
+from lab.harness.processes import ApiServer, CeleryWorker
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration

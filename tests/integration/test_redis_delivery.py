@@ -17,9 +17,9 @@ import redis
 from celery import Celery
 from kombu import pools
 
-from lab.nodes import BrokerNode, make_node
-from lab.processes import CeleryWorker
-from lab.stack import settings_for
+from lab.harness.nodes import BrokerNode, make_node
+from lab.harness.processes import CeleryWorker
+from lab.harness.settings import settings_for
 from tests.helpers import wait_for
 from worker.brokers.redis.profile import UNACKED_MUTEX_EXPIRE
 from worker.celery_app import create_celery

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from lab.nodes import (
+from lab.harness.nodes import (
     BrokerNode,
     DriverName,
     ProcessSentinelGroup,
@@ -25,7 +25,7 @@ from lab.nodes import (
     make_tls_redis_node,
     process_available,
 )
-from lab.processes import CeleryWorker
+from lab.harness.processes import CeleryWorker
 from tests.helpers import run_task, wait_for
 from worker.backends import redis_client
 from worker.celery_app import create_celery

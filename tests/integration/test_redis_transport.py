@@ -13,7 +13,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from lab.nodes import BrokerNode, RedisOptions, make_node
+from lab.harness.nodes import BrokerNode, RedisOptions, make_node
 from tests.helpers import wait_for
 from worker.brokers.redis import TRANSPORT_PATH, doorbell_key
 from worker.brokers.redis.transport import FETCH_SHA, MAX_FETCH_BYTES, UNDECODABLE_CONTENT_TYPE

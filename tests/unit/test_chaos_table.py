@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lab.chaos import Attempt, Execution, RunRecord, account
-from lab.chaos.record import write_record
 from lab.cli import chaos as chaos_cli
-from lab.results import ADHOC_RESULTS_DIR, PUBLISHED_RESULTS_DIR, RESULTS_DIR_ENV
+from lab.experiments.chaos import Attempt, Execution, RunRecord, account
+from lab.experiments.chaos.record import write_record
+from lab.harness.results import ADHOC_RESULTS_DIR, PUBLISHED_RESULTS_DIR, RESULTS_DIR_ENV
 
 #: (scenario, setup, transport, lost, duplicated, duration): every kind of row the table prints.
 ROWS = (
@@ -75,7 +75,7 @@ def test_a_wide_terminal_keeps_the_table(tmp_path: Path):
 
 
 def test_ad_hoc_runs_go_to_results_tmp_and_published_ones_to_results(monkeypatch: pytest.MonkeyPatch):
-    from lab.chaos import RunOptions
+    from lab.experiments.chaos import RunOptions
 
     monkeypatch.delenv(RESULTS_DIR_ENV, raising=False)
     where = chaos_cli._results_for

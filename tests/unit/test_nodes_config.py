@@ -1,4 +1,4 @@
-"""lab.nodes without brokers: config rendering, URLs, driver choice, ports,
+"""lab.harness.nodes without brokers: config rendering, URLs, driver choice, ports,
 process-tree handling and stale cleanup."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from kombu.utils.url import parse_url
 
-import lab.nodes.factory as factory
-from lab.nodes import (
+import lab.harness.nodes.factory as factory
+from lab.harness.nodes import (
     DRIVER_ENV,
     RabbitOptions,
     RedisOptions,
@@ -23,17 +23,17 @@ from lab.nodes import (
     remove_stale_process_nodes,
     resolve_driver,
 )
-from lab.nodes.base import NodeTimeout, amqp_url, management_http_url, poll, redis_url
-from lab.nodes.config import (
+from lab.harness.nodes.base import NodeTimeout, amqp_url, management_http_url, poll, redis_url
+from lab.harness.nodes.config import (
     rabbit_process_env,
     redis_docker_args,
     render_enabled_plugins,
     render_rabbitmq_conf,
     render_redis_conf,
 )
-from lab.nodes.docker import _owner_gone, owner_token
-from lab.nodes.ports import RESERVED_PORTS, port_is_free
-from lab.nodes.process import OWNER_FILE, _is_wrapper
+from lab.harness.nodes.docker import _owner_gone, owner_token
+from lab.harness.nodes.ports import RESERVED_PORTS, port_is_free
+from lab.harness.nodes.process import OWNER_FILE, _is_wrapper
 
 
 def conf_directives(text: str) -> dict[str, str]:
@@ -358,7 +358,7 @@ def test_wrapper_scripts_are_not_taken_for_rabbitmq_server(tmp_path: Path) -> No
 
 
 def test_open_nodes_are_closed_at_exit_unless_closed_before(tmp_path: Path) -> None:
-    from lab.nodes import base
+    from lab.harness.nodes import base
 
     node = make_node("redis", "process", base_dir=tmp_path)
     assert id(node) in base._unclosed

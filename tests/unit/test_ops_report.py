@@ -42,8 +42,8 @@ def _chaos_record(
     lost: int = 0,
     tasks: int = 10,
 ) -> None:
-    from lab.chaos import Attempt, Execution, RunRecord, account
-    from lab.chaos.record import write_record
+    from lab.experiments.chaos import Attempt, Execution, RunRecord, account
+    from lab.experiments.chaos.record import write_record
 
     record = RunRecord(
         scenario=scenario,
@@ -97,8 +97,8 @@ def _rate(median: float, low: float, high: float) -> dict[str, Any]:
 def _bench_v2(root: Path, *, started_at: str = "2026-02-01T00:00:00Z") -> Path:
     """The committed /1 Redis record, rewritten as a /2 one that compared both transports (3 repeats):
     solo apart (brokerstack faster), threads overlapping (no difference), gevent measured."""
-    from lab.bench import SCHEMA, transport_comparison
-    from lab.bench.records import upgrade_record
+    from lab.experiments.bench import SCHEMA, transport_comparison
+    from lab.experiments.bench.records import upgrade_record
 
     record = upgrade_record(json.loads((REPO / "results" / "bench" / "redis-everysec-docker.json").read_text()))
     record.pop("read_as", None)
@@ -197,8 +197,8 @@ def test_the_report_command_leaves_out_runs_below_the_published_size(tmp_path: P
 
 
 def test_brokers_whose_ranges_overlap_are_not_ranked(tmp_path: Path):
-    from lab.bench import SCHEMA
-    from lab.bench.records import upgrade_record
+    from lab.experiments.bench import SCHEMA
+    from lab.experiments.bench.records import upgrade_record
 
     _bench_v2(tmp_path)  # Redis: best fire-and-forget is solo, 900/s [880-920]
     record = upgrade_record(json.loads((REPO / "results" / "bench" / "rabbitmq-confirms-docker.json").read_text()))

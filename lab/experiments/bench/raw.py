@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lab.bench.stats import rate
+from lab.experiments.bench.stats import rate
 
 RAW_REDIS_KEY = "bench:raw"
 RAW_AMQP_QUEUE = "bench.raw"

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from lab.bench.raw import CapturedMessage, _publish_kwargs
+from lab.experiments.bench.raw import CapturedMessage, _publish_kwargs
 from worker.topology import DEFAULT_QUEUE
 
 

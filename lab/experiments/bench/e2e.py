@@ -28,8 +28,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from lab.bench.raw import CapturedMessage
-from lab.bench.stats import latency_ms, rate
+from lab.experiments.bench.raw import CapturedMessage
+from lab.experiments.bench.stats import latency_ms, rate
 from worker.topology import DEFAULT_QUEUE
 
 NOOP = "worker.tasks.tools.noop"
@@ -45,7 +45,7 @@ Tick = Callable[[str], None]
 def redis_queue_keys(queue: str) -> list[str]:
     """The Redis lists of one queue, one per priority step (kombu: "<queue>\\x06\\x16<step>", step 0
     without a suffix)."""
-    from lab.chaos.stack import REDIS_PRIORITY_SEP
+    from lab.harness.stacks import REDIS_PRIORITY_SEP
     from worker.brokers.redis import PRIORITY_STEPS
 
     return [queue if p == 0 else f"{queue}{REDIS_PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
@@ -61,7 +61,7 @@ class QueueDepth:
         if broker == "redis":
             import redis
 
-            from lab.chaos.stack import REDIS_UNACKED_KEY
+            from lab.harness.stacks import REDIS_UNACKED_KEY
             from worker.brokers import redis as redis_broker
 
             self._client = redis.Redis.from_url(url, socket_timeout=10)

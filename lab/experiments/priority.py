@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lab.nodes import BrokerNode
-from lab.processes import CeleryWorker
-from lab.results import client_versions, write_record
+from lab.harness.nodes import BrokerNode
+from lab.harness.processes import CeleryWorker
+from lab.harness.results import client_versions, write_record
 from worker.celery_app import create_celery
 from worker.settings import Settings
 from worker.topology import PRIORITY_MAX, PRIORITY_MIN

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lab.chaos.setups import Setup
-from lab.nodes import BrokerNode, DriverName, RabbitCluster, make_node
-from lab.processes import ApiServer, CeleryWorker, ManagedProcess
-from lab.stack import settings_for
+from lab.harness.nodes import BrokerNode, DriverName, RabbitCluster, make_node
+from lab.harness.processes import ApiServer, CeleryWorker, ManagedProcess
+from lab.harness.settings import settings_for
+from lab.harness.setups import Setup
 from worker.settings import Settings, load_settings
 from worker.topology import WORK_QUEUES
 

@@ -37,7 +37,7 @@ def is_published_size(
 ) -> bool:
     """Whether a chaos run of this size belongs in the published tables. The report filters records
     with it, and the command line decides with it, before a run, where the record goes."""
-    from lab.chaos.setups import ROUTINE  # lazily: this module is imported by light commands too
+    from lab.harness.setups import ROUTINE  # lazily: this module is imported by light commands too
 
     if soak:
         return faults >= PUBLISHED_MIN_SOAK_FAULTS

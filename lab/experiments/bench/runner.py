@@ -21,23 +21,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lab.bench import api as api_bench
-from lab.bench import e2e, raw, resources
-from lab.bench.stats import compare, median_of_runs, ratio
-from lab.chaos.setups import Setup, get_setup
-from lab.chaos.stack import Stack
-from lab.interrupts import no_interrupts, sigterm_raises
-from lab.nodes import proctree, resolve_driver
-from lab.nodes.factory import DriverChoice
-from lab.processes import ApiServer, CeleryWorker, ManagedProcess
-from lab.results import RESULTS_DIR_ENV, client_versions, machine, results_dir, write_record
+from lab.experiments.bench import api as api_bench
+from lab.experiments.bench import e2e, raw, resources
+from lab.experiments.bench.stats import compare, median_of_runs, ratio
+from lab.harness.interrupts import no_interrupts, sigterm_raises
+from lab.harness.nodes import proctree, resolve_driver
+from lab.harness.nodes.factory import DriverChoice
+from lab.harness.processes import ApiServer, CeleryWorker, ManagedProcess
+from lab.harness.results import RESULTS_DIR_ENV, client_versions, machine, results_dir, write_record
+from lab.harness.setups import Setup, get_setup
+from lab.harness.stacks import Stack
 from worker.brokers import profile_for
 from worker.topology import DEFAULT_QUEUE, WORK_QUEUES
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "brokerstack.bench/2"
-#: Schemas lab.bench.records.upgrade_record reads (a /1 record is lifted into the /2 shape).
+#: Schemas lab.experiments.bench.records.upgrade_record reads (a /1 record is lifted into the /2 shape).
 READABLE_SCHEMAS = ("brokerstack.bench/1", SCHEMA)
 CATEGORY = "bench"
 POOLS = ("solo", "threads", "prefork", "gevent")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lab.nodes import BrokerNode
+from lab.harness.nodes import BrokerNode
 from worker.settings import Settings, load_settings
 
 

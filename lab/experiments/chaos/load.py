@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lab.chaos.ledger import ProducerLedger
+from lab.experiments.chaos.ledger import ProducerLedger
 from worker.settings import Settings
 
 #: After a failed publish a producer waits this long before the next attempt, as a client would,

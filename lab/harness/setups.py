@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from lab.nodes import RabbitOptions, RedisOptions
+from lab.harness.nodes import RabbitOptions, RedisOptions
 
 BrokerKind = Literal["redis", "rabbitmq"]
 
-#: Every scenario name (defined in lab.chaos.scenarios), in the order tables show them.
+#: Every scenario name (defined in lab.experiments.chaos.scenarios), in the order tables show them.
 SCENARIO_NAMES = (
     "broker-kill",
     "broker-restart",

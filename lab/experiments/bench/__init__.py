@@ -1,6 +1,6 @@
 """Benchmarks: brokerstack against the raw client ceiling, on the same broker setups as the chaos runs.
 
-    from lab.bench import BenchParams, run_bench
+    from lab.experiments.bench import BenchParams, run_bench
 
     record = run_bench("rabbitmq-confirms", BenchParams.quick())
     record["ratios"]["e2e_vs_raw_consume"]      # {"solo": 0.61, "threads": ..., "prefork": ..., "gevent": ...}
@@ -12,7 +12,7 @@ drift weighs on both alike; ``end_to_end.comparison`` puts them side by side wit
 medians and whether the difference is outside the noise (the repetitions' ranges do not overlap).
 
 ``brokerstack bench`` is the command line over the same calls. A run starts the setup's broker node
-and an auxiliary Redis (Celery results and the execution ledger) through :class:`lab.chaos.stack.Stack`,
+and an auxiliary Redis (Celery results and the execution ledger) through :class:`lab.harness.stacks.Stack`,
 measures, stops everything (on failure and Ctrl-C too) and writes one JSON record per setup:
 ``<results dir>/bench/<setup>-<driver>.json`` (full runs) or ``<setup>-<driver>-quick.json``
 (``--quick``), with ``-<transport>`` added when a Redis run measured one transport only; a run
@@ -23,11 +23,11 @@ Record schema ``brokerstack.bench/2`` (rates are ``{"messages", "seconds", "per_
 ``{"n", "p50", "p95", "p99", "max", "mean"}`` in milliseconds, sizes in bytes, CPU in seconds; a
 *repeated rate* is a rate whose ``per_s`` is the median of ``repeats`` runs, with ``per_s_min``,
 ``per_s_max``, ``per_s_runs`` (each run's, in the order run) and the other fields of the run nearest
-the median). /2 kept every /1 field; :mod:`lab.bench.records` reads /1 records as /2::
+the median). /2 kept every /1 field; :mod:`lab.experiments.bench.records` reads /1 records as /2::
 
     schema            "brokerstack.bench/2"
-    written_at        UTC time the file was written (lab.results.write_record)
-    setup             preset name (lab.chaos.setups.SETUPS): redis-volatile ... rabbitmq-quorum
+    written_at        UTC time the file was written (lab.harness.results.write_record)
+    setup             preset name (lab.harness.setups.SETUPS): redis-volatile ... rabbitmq-quorum
     broker            "redis" | "rabbitmq"
     mode              "full" | "quick"
     transport         Redis: the transport (REDIS_TRANSPORT) end_to_end.pools, api and resources
@@ -38,8 +38,8 @@ the median). /2 kept every /1 field; :mod:`lab.bench.records` reads /1 records a
     run_id, driver    random id; "docker" | "process"
     broker_version    e.g. "redis 8.0.2", "rabbitmq 4.0.9" (as the running broker reports it)
     aux_version       the auxiliary Redis (results backend, ledger)
-    clients           lab.results.client_versions(): python, celery, kombu, amqp, redis
-    machine           lab.results.machine() + memory_bytes, cpu_model, load_average_at_start
+    clients           lab.harness.results.client_versions(): python, celery, kombu, amqp, redis
+    machine           lab.harness.results.machine() + memory_bytes, cpu_model, load_average_at_start
     code              {commit: git HEAD, modified: tracked files under worker/ services/ lab/ that
                       differ from it} (None outside a git checkout)
     parameters        every BenchParams field (sizes: raw_messages, tasks, latency_rate, ...,
@@ -48,7 +48,7 @@ the median). /2 kept every /1 field; :mod:`lab.bench.records` reads /1 records a
                       settings (BROKER_PROFILE, REDIS_TRANSPORT, RABBITMQ_QUEUE_TYPE, RABBITMQ_CONFIRM_PUBLISH,
                       WORKER_PREFETCH_MULTIPLIER, ...), message_bytes (the captured noop message)
     started_at        UTC start; duration_s: wall time of the whole run
-    raw               the raw client ceiling (lab.bench.raw): client, message_bytes (Redis: the
+    raw               the raw client ceiling (lab.experiments.bench.raw): client, message_bytes (Redis: the
                       stored envelope; RabbitMQ: the body, plus header_bytes), messages and
                       redis:    publish (LPUSH loop), publish_pipelined, consume (BRPOP loop),
                                 consume_reliable (BRPOP + unacked bookkeeping + ack, 3 round trips),
@@ -116,11 +116,11 @@ the median). /2 kept every /1 field; :mod:`lab.bench.records` reads /1 records a
     errors            [{section, error, traceback}]
     path              where the record was written
 
-What each section does, exactly, is in the docstrings of :mod:`lab.bench.raw`,
-:mod:`lab.bench.e2e`, :mod:`lab.bench.api` and :mod:`lab.bench.resources`.
+What each section does, exactly, is in the docstrings of :mod:`lab.experiments.bench.raw`,
+:mod:`lab.experiments.bench.e2e`, :mod:`lab.experiments.bench.api` and :mod:`lab.experiments.bench.resources`.
 """
 
-from lab.bench.runner import (
+from lab.experiments.bench.runner import (
     CATEGORY,
     CONFIGS,
     GOALS,

@@ -1,4 +1,4 @@
-"""A small HTTP load generator, run as a process of its own: ``python -m lab.bench.loadgen``.
+"""A small HTTP load generator, run as a process of its own: ``python -m lab.experiments.bench.loadgen``.
 
 Closed loop: ``--concurrency`` clients, each on its own keep-alive HTTP/1.1 connection, send the
 next request as soon as the previous answer is read, for ``--warmup`` + ``--duration`` seconds.
@@ -23,7 +23,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from lab.bench.stats import latency_ms
+from lab.experiments.bench.stats import latency_ms
 
 
 def build_request(host: str, port: int, path: str, body: bytes, headers: list[str]) -> bytes:
@@ -142,7 +142,7 @@ async def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.bench.loadgen", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lab.experiments.bench.loadgen", description=__doc__.split("\n")[0])
     parser.add_argument("url", help="e.g. http://127.0.0.1:8000/tasks/noop")
     parser.add_argument("--body", default="{}", help="JSON request body")
     parser.add_argument("--concurrency", "-c", type=int, default=8)

@@ -1,11 +1,11 @@
 """Running one scenario on one setup: the shared skeleton, cleanup, drain, accounting, record.
 
-    from lab.chaos import RunOptions, run_scenario
+    from lab.experiments.chaos import RunOptions, run_scenario
 
     record = run_scenario("broker-kill", "rabbitmq-confirms", RunOptions(tasks=300, kills=3))
     record.counts.lost, record.counts.duplicated, record.path
 
-Every run starts what it needs by itself (broker nodes through lab.nodes' drivers, a Redis for
+Every run starts what it needs by itself (broker nodes through lab.harness.nodes' drivers, a Redis for
 results and the execution ledger, ``celery worker`` processes, the API) and stops all of it in a
 ``finally``, on success, failure, Ctrl-C and SIGTERM alike. The record is written in every case
 (``status`` says how the run ended).
@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from lab.chaos.ledger import (
+from lab.experiments.chaos.ledger import (
     ExecutionLog,
     MemoryExecutionLog,
     ProducerLedger,
@@ -35,12 +35,19 @@ from lab.chaos.ledger import (
     pending_counts,
     save_history,
 )
-from lab.chaos.record import RunRecord, package_versions, results_dir, write_record
-from lab.chaos.setups import DEFAULT_TRANSPORT, GUARANTEE_EXACTLY_ONCE, GUARANTEE_NO_LOSS, TRANSPORTS, Setup, get_setup
-from lab.chaos.stack import Stack
-from lab.interrupts import no_interrupts, sigterm_raises
-from lab.nodes import resolve_driver
-from lab.nodes.factory import DriverChoice
+from lab.experiments.chaos.record import RunRecord, package_versions, results_dir, write_record
+from lab.harness.interrupts import no_interrupts, sigterm_raises
+from lab.harness.nodes import resolve_driver
+from lab.harness.nodes.factory import DriverChoice
+from lab.harness.setups import (
+    DEFAULT_TRANSPORT,
+    GUARANTEE_EXACTLY_ONCE,
+    GUARANTEE_NO_LOSS,
+    TRANSPORTS,
+    Setup,
+    get_setup,
+)
+from lab.harness.stacks import Stack
 from worker.settings import Settings
 from worker.topology import DEAD_LETTER_QUEUE
 
@@ -187,7 +194,7 @@ class ChaosRun:
         progress: ProgressCallback | None = None,
         results: str | Path | None = None,
     ) -> None:
-        from lab.chaos.scenarios import SCENARIOS, get_scenario
+        from lab.experiments.chaos.scenarios import SCENARIOS, get_scenario
 
         self.scenario = get_scenario(scenario)
         self.setup = get_setup(setup) if isinstance(setup, str) else setup

@@ -1,20 +1,20 @@
 """Failure injection with Jepsen-style accounting.
 
-    from lab.chaos import RunOptions, run_scenario, applicable_pairs
+    from lab.experiments.chaos import RunOptions, run_scenario, applicable_pairs
 
     record = run_scenario("broker-kill", "rabbitmq-confirms", RunOptions(tasks=300, kills=3, seed=1))
     record.counts.lost          # acknowledged but never executed
     record.counts.duplicated    # executed more than once
     record.path                 # results/chaos/broker-kill/rabbitmq-confirms/<stamp>-<run id>.json
 
-A run starts everything it needs (broker nodes through lab.nodes, a Redis for results and the
+A run starts everything it needs (broker nodes through lab.harness.nodes, a Redis for results and the
 execution ledger, ``celery worker`` processes, the API), drives one scenario through it, drains,
 counts (:func:`account`) and stops all of it, on failure and Ctrl-C too. ``brokerstack chaos`` is
 the command line over the same calls.
 """
 
-from lab.chaos.ledger import Attempt, Counts, Execution, ProducerLedger, account, load_history, save_history
-from lab.chaos.record import (
+from lab.experiments.chaos.ledger import Attempt, Counts, Execution, ProducerLedger, account, load_history, save_history
+from lab.experiments.chaos.record import (
     HEADLINE_COUNTS,
     RunRecord,
     load_records,
@@ -23,9 +23,9 @@ from lab.chaos.record import (
     results_dir,
     summary_row,
 )
-from lab.chaos.runner import ChaosRun, Progress, RunInterrupted, RunOptions, parse_duration, run_scenario
-from lab.chaos.scenarios import SCENARIOS, Scenario, get_scenario
-from lab.chaos.setups import ROUTINE, SCENARIO_NAMES, SETUPS, TRANSPORTS, Setup, get_setup
+from lab.experiments.chaos.runner import ChaosRun, Progress, RunInterrupted, RunOptions, parse_duration, run_scenario
+from lab.experiments.chaos.scenarios import SCENARIOS, Scenario, get_scenario
+from lab.harness.setups import ROUTINE, SCENARIO_NAMES, SETUPS, TRANSPORTS, Setup, get_setup
 
 
 def applicable_pairs(scenarios: list[str] | None = None, setups: list[str] | None = None) -> list[tuple[str, str]]:

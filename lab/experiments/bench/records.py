@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lab.bench.runner import READABLE_SCHEMAS, SCHEMA
+from lab.experiments.bench.runner import READABLE_SCHEMAS, SCHEMA
 
 V1 = "brokerstack.bench/1"
 

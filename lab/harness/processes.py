@@ -20,7 +20,7 @@ from typing import Self
 
 import httpx
 
-from lab.nodes.ports import free_port
+from lab.harness.nodes.ports import free_port
 from services.api.http import IMPORT_PATH as NODELAY_HTTP
 from worker.topology import WORK_QUEUES
 

@@ -174,7 +174,7 @@ def poll(
 
 
 def redis_probe(port: int, tls: Any = None) -> str:
-    """PING the Redis on port (over TLS with ``tls``, a lab.nodes.tls.TLSFiles, verifying the
+    """PING the Redis on port (over TLS with ``tls``, a lab.harness.nodes.tls.TLSFiles, verifying the
     server and presenting the client certificate); returns "redis <version>"."""
     import redis
 
@@ -263,7 +263,7 @@ class RabbitEndpoints:
 
 
 class BrokerNode(ABC):
-    """One broker the lab controls.  See lab/nodes/__init__.py for the contract."""
+    """One broker the lab controls.  See lab/harness/nodes/__init__.py for the contract."""
 
     kind: BrokerKind
     driver: DriverName

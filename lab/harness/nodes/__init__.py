@@ -1,6 +1,6 @@
 """Broker nodes for tests, chaos runs and benchmarks.
 
-    from lab.nodes import make_node, RedisOptions
+    from lab.harness.nodes import make_node, RedisOptions
 
     with make_node("redis", redis=RedisOptions(appendonly=True, appendfsync="always")) as node:
         ...            # node.url, node.kill(), node.start(), node.wait_ready(), node.resource_usage()

@@ -2,7 +2,7 @@
 
 The API (uvicorn, ``services.api.app:create_app``) runs with the setup's settings; no worker
 consumes meanwhile, so what is measured is the producer path alone (HTTP, validation, publish).
-The load generator (:mod:`lab.bench.loadgen`) is a process of its own with closed-loop clients on
+The load generator (:mod:`lab.experiments.bench.loadgen`) is a process of its own with closed-loop clients on
 keep-alive connections; each concurrency level gets a warm-up and a measured window. On RabbitMQ
 the same runs are made with publisher confirms on and off (``RABBITMQ_CONFIRM_PUBLISH``).
 """
@@ -14,9 +14,9 @@ import subprocess
 import sys
 from typing import Any
 
-from lab.nodes import proctree
+from lab.harness.nodes import proctree
 
-LOAD_GENERATOR = "lab.bench.loadgen (python asyncio, closed loop, keep-alive HTTP/1.1, one process)"
+LOAD_GENERATOR = "lab.experiments.bench.loadgen (python asyncio, closed loop, keep-alive HTTP/1.1, one process)"
 
 
 def run_load(
@@ -26,7 +26,7 @@ def run_load(
     argv = [
         sys.executable,
         "-m",
-        "lab.bench.loadgen",
+        "lab.experiments.bench.loadgen",
         url,
         "--concurrency",
         str(concurrency),

@@ -21,8 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lab.chaos.ledger import Counts
-from lab.chaos.setups import DEFAULT_TRANSPORT
+from lab.experiments.chaos.ledger import Counts
+from lab.harness.setups import DEFAULT_TRANSPORT
 
 #: Bumped when the record's layout changes incompatibly.
 SCHEMA = "brokerstack.chaos/1"
@@ -135,7 +135,7 @@ def record_transport(data: dict[str, Any]) -> str | None:
         return data["transport"]
     broker = ((data.get("parameters") or {}).get("setup") or {}).get("broker")
     if broker is None:
-        from lab.chaos.setups import SETUPS
+        from lab.harness.setups import SETUPS
 
         setup = SETUPS.get(data.get("setup", ""))
         broker = setup.broker if setup else "redis"
