@@ -7,7 +7,9 @@ free ports otherwise (BROKERSTACK_TEST_DRIVER=auto|docker|process).
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +18,11 @@ from typing import Any
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # no Ryuk image without a registry
 # Records that tests write (priority, chaos, bench) go to a scratch directory: the committed
 # results/ hold the runs the docs were generated from, made on purpose with the CLI.
-os.environ.setdefault("BROKERSTACK_RESULTS_DIR", tempfile.mkdtemp(prefix="brokerstack-test-results-"))
+# The scratch directory goes when the test run ends (it is only ever made here, never reused).
+if "BROKERSTACK_RESULTS_DIR" not in os.environ:
+    _SCRATCH_RESULTS = tempfile.mkdtemp(prefix="brokerstack-test-results-")
+    os.environ["BROKERSTACK_RESULTS_DIR"] = _SCRATCH_RESULTS
+    atexit.register(shutil.rmtree, _SCRATCH_RESULTS, ignore_errors=True)
 
 import pytest
 from fastapi.testclient import TestClient
