@@ -31,10 +31,12 @@ from lab.harness.nodes import BrokerNode, DriverName, make_node, resolve_driver
 from lab.harness.processes import CeleryWorker
 from lab.harness.settings import settings_for
 from services.api.app import create_app
+from worker.brokers import PROFILES
 from worker.celery_app import create_celery
 from worker.settings import Settings
 
-BROKER_KINDS = ("redis", "rabbitmq")
+#: Every broker in the product's registry: a broker added there runs every broker-backed test.
+BROKER_KINDS = tuple(PROFILES)
 
 
 @pytest.fixture(scope="session")

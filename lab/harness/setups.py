@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
-from lab.harness.nodes import RabbitOptions, RedisOptions
-
-BrokerKind = Literal["redis", "rabbitmq"]
+from lab.harness.nodes import BrokerKind, RabbitOptions, RedisOptions
 
 #: Every scenario name (defined in lab.experiments.chaos.scenarios), in the order tables show them.
 SCENARIO_NAMES = (

@@ -147,3 +147,18 @@ def test_every_dead_letter_store_is_complete() -> None:
     assert "list" not in DeadLetterStore.__dict__  # it shadowed the built-in in annotations
     for store in (RedisDeadLetterStore, RabbitMQDeadLetterStore):
         assert not store.__abstractmethods__, store
+
+
+def test_one_list_of_brokers() -> None:
+    """BROKER_PROFILE's choices, the URL each reads, the profile registry and the lab's node kinds
+    name the same brokers: a broker added to one and not the others fails here, not in production."""
+    from typing import get_args
+
+    from lab.harness.nodes import BrokerKind
+    from worker.brokers import PROFILES
+    from worker.settings import BROKER_URL_SETTINGS, BrokerProfileName, Settings
+
+    names = get_args(BrokerProfileName)
+    assert tuple(PROFILES) == names == tuple(BROKER_URL_SETTINGS) == get_args(BrokerKind)
+    assert all(PROFILES[name].name == name for name in names)
+    assert {url for url in BROKER_URL_SETTINGS.values()} <= set(Settings.model_fields)

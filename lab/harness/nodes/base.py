@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
 from urllib.parse import quote
 
+from worker.settings import BrokerProfileName
+
 from . import proctree
 
-BrokerKind = Literal["redis", "rabbitmq"]
+#: The brokers a node can run: the product's broker names (worker.settings), declared once.
+BrokerKind = BrokerProfileName
 DriverName = Literal["docker", "process"]
 AppendFsync = Literal["always", "everysec", "no"]
 
