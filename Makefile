@@ -60,6 +60,7 @@ measure: venv
 	$(PY) -m services.cli chaos run --scenario worker-kill --setup redis-everysec --duration 16m --fault-interval 5 --visibility-timeout 5 --seed 11 --transport kombu
 	$(PY) -m services.cli bench
 	$(PY) -m services.cli priority
+	$(PY) -m services.cli task-cost
 	$(PY) -m services.cli report --min-chaos-tasks 5000
 
 # Leftover broker containers/processes of a crashed run.

@@ -41,3 +41,7 @@ def report(
         f"wrote {path} from {len(sources.chaos)} chaos, {len(sources.bench)} bench and "
         f"{len(sources.priority)} priority records"
     )
+    from lab.report.task_cost import write_task_cost
+
+    if page := write_task_cost(root, output.parent / "task-cost.md"):
+        typer.echo(f"wrote {page} from the task-cost records")
