@@ -273,6 +273,7 @@ def measure_task_cost(
         },
         "backend_round_trip_ms": redis_round_trip_ms(settings.result_backend),
         "configs": {config: summarize([r for r in runs if r.config == config]) for config in CONFIGS},
+        "result_store": result_store_comparison(settings, repetitions=repetitions),
         "runs": [asdict(r) for r in runs],
         "clients": client_versions(),
         "machine": machine(),
@@ -280,6 +281,32 @@ def measure_task_cost(
     if write:
         record["path"] = str(write_record(CATEGORY, f"{broker.kind}-{broker.driver}", record))
     return record
+
+
+#: Stores timed per backend and repetition in the side-by-side comparison of the result store.
+STORES = 2000
+
+
+def result_store_comparison(settings: Settings, stores: int = STORES, repetitions: int = REPETITIONS) -> dict[str, Any]:
+    """Microseconds per SUCCESS stored: Celery's own Redis backend beside brokerstack's (one
+    EVALSHA instead of a GET and a MULTI/EXEC), alternated in the same run on the same server."""
+    from celery.backends.redis import RedisBackend
+
+    app = create_celery(settings, producer_only=True)
+    try:
+        backends = {"celery": RedisBackend(app=app, url=settings.result_backend), "brokerstack": app.backend}
+        times: dict[str, list[float | None]] = {name: [] for name in backends}
+        for _ in range(repetitions):
+            for name, backend in backends.items():
+                ids = [f"task-cost-store-{name}-{n}" for n in range(stores)]
+                t0 = time.perf_counter()
+                for task_id in ids:
+                    backend.mark_as_done(task_id, None)
+                times[name].append(round((time.perf_counter() - t0) * 1e6 / stores, 2))
+                backend.client.delete(*(backend.get_key_for_task(task_id) for task_id in ids))
+    finally:
+        app.close()
+    return {"stores": stores, "us_per_store": {name: _spread(values) for name, values in times.items()}}
 
 
 def _spread(values: list[float | None]) -> dict[str, float] | None:
