@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 
 from worker import ledger  # noqa: F401 - connects the execution-ledger signal handlers
+from worker.brokers import profile_for
 from worker.config import TASK_MODULES, build_celery_config
 from worker.dead_letters import hooks  # noqa: F401 - connects the dead-letter signal handlers
 from worker.settings import ConfigError, Settings, load_settings
@@ -32,6 +33,7 @@ def create_celery(settings: Settings, *, main: str = "worker", producer_only: bo
     results but never block on them (the API): see worker.backends.ProducerRedisBackend."""
     celery = Celery(main, include=list(TASK_MODULES), set_as_current=False)
     celery.conf.update(build_celery_config(settings))
+    profile_for(settings).prepare_app(celery)  # e.g. RabbitMQ's delayed delivery (docs/delayed-tasks.md)
     # brokerstack's Redis backends: a clear line for a TLS failure, Sentinel by URL; the producer's
     # never subscribes to results it does not wait on.
     celery.backend_cls = "worker.backends:" + ("ProducerRedisBackend" if producer_only else "BrokerstackRedisBackend")

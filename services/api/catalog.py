@@ -85,6 +85,13 @@ class TaskCatalog:
         return self.task(step.name).signature(args=step.args, kwargs=step.kwargs, **options)
 
 
+def eta_in_past(call: TaskCall) -> bool:
+    """True if the call gave an ETA that has passed already: the task runs now, and the 202 says so
+    (``TaskAccepted.eta_in_past``)."""
+    delay = _delay_seconds(call)
+    return call.eta is not None and delay is not None and delay <= 0
+
+
 def publish_options(call: TaskCall) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if call.countdown is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from worker.topology import PRIORITY_MAX, PRIORITY_MIN, WORK_QUEUES
 
@@ -46,6 +46,17 @@ class TaskCall(Strict):
 class TaskAccepted(BaseModel):
     task_id: str
     status_url: str
+    eta_in_past: bool = Field(
+        default=False,
+        description="the eta given had already passed: the task runs now (the field is left out otherwise)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _only_when_true(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        body: dict[str, Any] = handler(self)
+        if not self.eta_in_past:
+            body.pop("eta_in_past", None)
+        return body
 
 
 class TaskError(BaseModel):

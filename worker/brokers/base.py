@@ -40,6 +40,14 @@ class BrokerProfile(ABC):
         """The longest countdown/ETA this broker holds without running the task twice or dropping
         it (seconds), and the setting that bounds it with why."""
 
+    @abstractmethod
+    def delayed_depth(self, app: Celery) -> int:
+        """How many delayed (countdown/ETA) tasks wait in the broker, not yet handed to a worker."""
+
+    def prepare_app(self, app: Celery) -> None:
+        """Set up what this broker needs on a new Celery app itself (beyond its settings)."""
+        return None
+
     def health_fields(self) -> dict[str, Any]:
         """What /readyz reports about this broker besides reachability."""
         return {"queue_type": None}

@@ -21,6 +21,7 @@ from kombu import Connection
 from kombu.serialization import dumps
 
 from worker.backends import redis_client
+from worker.brokers.rabbitmq.delayed import LADDER_QUEUES, declare_ladder, ladder_routing_key
 from worker.dead_letters.base import (
     REPLAY_OF_HEADER,
     REPLAYS_HEADER,
@@ -78,6 +79,10 @@ class RabbitMQDeadLetterStore(DeadLetterStore):
     def capture(self, letter: DeadLetter) -> None:
         """Publish a dead letter into the DLQ ourselves, for deaths RabbitMQ never saw (a task
         killed by its hard time limit is acked, a task found expired by the worker is acked)."""
+        if letter.queue:
+            # A delayed task arrives with the ladder's delay prefixed to its routing key, which the
+            # worker takes for its queue: the dead-letter binding knows the queue's own name.
+            letter = letter.model_copy(update={"queue": ladder_routing_key(letter.queue)})
         if letter.raw is not None:
             body, content_type, encoding, headers = (
                 letter.raw.body,
@@ -146,6 +151,9 @@ class RabbitMQDeadLetterStore(DeadLetterStore):
         with self._connection() as conn:
             for queue in _dead_letter_queues(self.app):
                 queue(conn.default_channel).declare()
+            # The API calls this at start: the delayed-delivery ladder, declared in full where a
+            # publish's deadline does not apply.
+            declare_ladder(self.app, conn)
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -186,7 +194,9 @@ class RabbitMQDeadLetterStore(DeadLetterStore):
         headers = dict(props.get("application_headers") or {})
         raw = RawMessage.of(message.body, props.get("content_type"), props.get("content_encoding"), headers, props)
         task_id = headers.get("id")
-        deaths = list(headers.get("x-death") or [])
+        # A delayed task's trip through the delayed-delivery ladder is a dead-lettering per level:
+        # those are no deaths of the task.
+        deaths = [d for d in headers.get("x-death") or [] if str(d.get("queue")) not in LADDER_QUEUES]
         own = json.loads(headers[DEATH_HEADER]) if DEATH_HEADER in headers else {}
         reason: Reason
         if deaths:

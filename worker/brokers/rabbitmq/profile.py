@@ -9,6 +9,12 @@ from kombu import Exchange, Queue, binding
 
 from worker.brokers.base import BrokerProfile
 from worker.brokers.rabbitmq.dead_letters import RabbitMQDeadLetterStore
+from worker.brokers.rabbitmq.delayed import (
+    DeclareLadder,
+    DelayedDeliveryAMQP,
+    delayed_depth,
+    silence_false_warnings,
+)
 from worker.topology import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
@@ -34,11 +40,17 @@ class RabbitMQProfile(BrokerProfile):
 
     @property
     def max_delay(self) -> tuple[int, str]:
-        # With acks_late a waiting task is an unacked delivery, which consumer_timeout bounds.
-        return (
-            self.settings.rabbitmq_consumer_timeout,
-            "RABBITMQ_CONSUMER_TIMEOUT: RabbitMQ would close the channel holding it",
-        )
+        # Waiting tasks are in the broker's delayed-delivery ladder (worker.brokers.rabbitmq.delayed),
+        # not unacked in a worker, so consumer_timeout no longer bounds them.
+        return self.settings.max_task_delay, "MAX_TASK_DELAY: the longest delay this deployment accepts"
+
+    def delayed_depth(self, app: Celery) -> int:
+        return delayed_depth(app)
+
+    def prepare_app(self, app: Celery) -> None:
+        app.amqp_cls = DelayedDeliveryAMQP
+        app.steps["consumer"].add(DeclareLadder)
+        silence_false_warnings()
 
     def health_fields(self) -> dict[str, Any]:
         return {"queue_type": self.settings.rabbitmq_queue_type}
@@ -75,6 +87,9 @@ class RabbitMQProfile(BrokerProfile):
     def celery_options(self) -> dict[str, Any]:
         return {
             "task_default_queue_type": self.settings.rabbitmq_queue_type,
+            # Celery's own delayed-delivery step (quorum queues) declares the same ladder as
+            # brokerstack does: with the same queue type, or RabbitMQ refuses the second declaration.
+            "broker_native_delayed_delivery_queue_type": self.settings.rabbitmq_queue_type,
             # RabbitMQ requeues every unacked delivery when the channel closes, so a task still
             # running after the connection dropped will be delivered again anyway; letting it
             # finish would only run it twice.

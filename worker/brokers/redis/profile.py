@@ -10,6 +10,7 @@ from worker.brokers.base import BrokerProfile
 from worker.brokers.redis.dead_letters import RedisDeadLetterStore
 from worker.brokers.redis.transport import PRIORITY_STEPS, SENTINEL_TRANSPORT_PATH, TRANSPORT_PATH
 from worker.settings import SENTINEL_SCHEME, redis_scheme
+from worker.topology import WORK_QUEUES
 
 #: Seconds the lock that one worker takes to give back expired unacked messages outlives a worker
 #: killed while holding it. kombu's default (300) means one kill at the wrong moment stops every
@@ -57,11 +58,21 @@ class RedisProfile(BrokerProfile):
 
     @property
     def max_delay(self) -> tuple[int, str]:
-        # With acks_late a waiting task is unacked; past the visibility timeout another worker gets it.
-        return (
-            self.settings.redis_visibility_timeout,
-            "REDIS_VISIBILITY_TIMEOUT: a longer wait would be redelivered and run twice",
-        )
+        longest = self.settings.max_task_delay
+        if self.settings.redis_transport == "kombu" and self.settings.redis_visibility_timeout < longest:
+            # kombu's transport hands a delayed task to a worker at once, which holds it unacked
+            # until due; past the visibility timeout another worker gets it too.
+            return (
+                self.settings.redis_visibility_timeout,
+                "REDIS_VISIBILITY_TIMEOUT: with REDIS_TRANSPORT=kombu a longer wait would be redelivered and run twice",
+            )
+        return longest, "MAX_TASK_DELAY: the longest delay this deployment accepts"
+
+    def delayed_depth(self, app: Celery) -> int:
+        if self.settings.redis_transport == "kombu":
+            return 0  # kombu's transport keeps no delayed set: its waiting tasks are in the workers
+        with app.connection_for_read() as connection:
+            return int(connection.default_channel.delayed_depth(list(WORK_QUEUES)))
 
     def dead_letter_store(self, app: Celery) -> RedisDeadLetterStore:
         return RedisDeadLetterStore(app)

@@ -12,6 +12,13 @@ Idle consumers block on a per-queue doorbell list that publishers ring along wit
 silent doorbell still means a look every ``brpop_timeout`` (1 s), so messages that arrive without a
 ring (stock kombu producers, restored messages) are found too.
 
+Delayed messages (a Celery task with an ``eta`` header in the future: countdown or ETA) wait in
+Redis, not in a worker: a publish puts them into the queue's delayed sorted set, scored by due time,
+and every consumer moves the due ones onto their lists with one Lua script (``delayed.lua``) before
+it fetches, at the latest every ``DELAYED_CHECK_INTERVAL`` and otherwise when the earliest one is
+due. A worker therefore only ever receives due tasks; nothing about a waiting task lives in a
+worker's memory, and no single process has to survive for it to be delivered.
+
 What this relies on in kombu (5.7): the virtual channel's consume/deliver loop, ``QoS`` bookkeeping
 (``_delivered``, ``restore_unacked_once`` at channel close), the unacked hash/index layout and
 ``restore_visible``, ``_q_for_pri`` list naming, ``MultiChannelPoller`` driving ``_brpop_start`` /
@@ -26,6 +33,7 @@ import threading
 import time
 import uuid
 from base64 import b64encode
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +76,23 @@ UNDECODABLE_CONTENT_TYPE = "application/x-brokerstack-undecodable"
 
 FETCH_SCRIPT = (Path(__file__).with_name("fetch.lua")).read_text()
 FETCH_SHA = hashlib.sha1(FETCH_SCRIPT.encode()).hexdigest()
+DELAYED_SCRIPT = (Path(__file__).with_name("delayed.lua")).read_text()
+DELAYED_SHA = hashlib.sha1(DELAYED_SCRIPT.encode()).hexdigest()
+
+#: A queue's delayed messages wait in this sorted set, scored by due time (see delayed.lua).
+DELAYED_KEY = "_brokerstack.delayed.{queue}"
+#: A consumer looks for due delayed messages at least this often (seconds), besides when the
+#: earliest one it knows of is due: another producer may have added an earlier one meanwhile.
+DELAYED_CHECK_INTERVAL = 1.0
+#: Most delayed messages one move takes (the byte budget is MAX_FETCH_BYTES): a backlog that came
+#: due at once (Redis was down) is moved in steps of a few milliseconds, not in one long script.
+MAX_MOVE = 1000
+#: What a publish of a delayed message rings the doorbell with: an idle consumer that hears it
+#: looks at the delayed sets at once, so it learns of an earlier due time than it knew.
+DELAYED_RING = "d"
+#: Shortest wait for a doorbell when a delayed message is about due: a BRPOP timeout of 0 would
+#: block for ever.
+MIN_WAIT = 0.01
 
 #: The transport's priority orders (REDIS_PRIORITY_ORDER): which end of 0..9 is urgent.
 PRIORITY_ORDERS = ("brokerstack", "kombu")
@@ -75,6 +100,28 @@ PRIORITY_ORDERS = ("brokerstack", "kombu")
 
 def doorbell_key(queue: str) -> str:
     return DOORBELL_KEY.format(queue=queue)
+
+
+def delayed_key(queue: str) -> str:
+    return DELAYED_KEY.format(queue=queue)
+
+
+def due_at(message: dict) -> float | None:
+    """When a message is due (seconds since the epoch), from Celery's ``eta`` header (protocol 2);
+    None for a message without one. A naive ETA is UTC, as Celery's worker reads it."""
+    eta = (message.get("headers") or {}).get("eta")
+    if not eta or not isinstance(eta, str):
+        return None
+    try:
+        when = datetime.fromisoformat(eta)
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def delayed_member(list_key: str, payload: str) -> str:
+    """A delayed set's member: the list the message goes to when due, then the payload."""
+    return f"{len(list_key.encode())}:{list_key}{payload}"
 
 
 class _UnsentAcks:
@@ -201,6 +248,8 @@ class BrokerstackChannel:
         #: Fetch (rather than wait for a doorbell) next: at start, after a ring or a timeout, and
         #: after a full batch (there may be more).
         self._fetch_next = True
+        #: When to look for due delayed messages next (time.time()); 0 means at the next fetch.
+        self._next_move_at = 0.0
         #: Delivery tags are this channel's id, the fetch number and the message's place in it.
         self._tag_prefix = uuid.uuid4().hex
         self._fetches = 0
@@ -227,25 +276,34 @@ class BrokerstackChannel:
 
     # --- publishing: every message rings its queue's doorbell ----------------------------------
 
-    def _ring(self, queue: str) -> list[tuple[Any, ...]]:
-        """The commands that ring a queue's doorbell, bounded. kombu's prefixing client prefixes
-        LPUSH but not LTRIM, so LTRIM's key is prefixed here."""
+    def _key_for(self, command: str, key: str) -> str:
+        """``key`` as ``command`` must be given it through kombu's prefixing client, which prefixes
+        the keys of some commands only (LPUSH and ZADD, not LTRIM or ZCARD): prefixed here if not."""
+        if self.global_keyprefix and command.upper() not in kombu_redis.GlobalKeyPrefixMixin.PREFIXED_SIMPLE_COMMANDS:
+            return self.global_keyprefix + key
+        return key
+
+    def _ring(self, queue: str, ring: Any = 1) -> list[tuple[Any, ...]]:
+        """The commands that ring a queue's doorbell, bounded."""
         bell = doorbell_key(queue)
-        trimmed = bell
-        if self.global_keyprefix and "LTRIM" not in kombu_redis.GlobalKeyPrefixMixin.PREFIXED_SIMPLE_COMMANDS:
-            trimmed = self.global_keyprefix + bell
-        return [("lpush", bell, 1), ("ltrim", trimmed, 0, DOORBELL_MAX - 1)]
+        return [("lpush", bell, ring), ("ltrim", self._key_for("ltrim", bell), 0, DOORBELL_MAX - 1)]
 
     def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
-        # kombu's _put, plus the ring, in the same round trip (or the same publish batch).
+        # kombu's _put, plus the ring, in the same round trip (or the same publish batch). A
+        # message due later goes to the queue's delayed set instead of its list.
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))  # type: ignore[attr-defined]
-        commands: list[tuple[Any, ...]] = [("lpush", key, dumps(message))]
+        due = due_at(message)
+        commands: list[tuple[Any, ...]]
+        if due is not None and due > time.time():
+            member = delayed_member(key, dumps(message))
+            commands = [("zadd", delayed_key(queue), {member: due}), *self._ring(queue, DELAYED_RING)]
+        else:
+            commands = [("lpush", key, dumps(message)), *self._ring(queue)]
         if self._expires and queue in self._expires:
             commands += [
                 ("pexpire", self._q_for_pri(queue, p), self._expires[queue])  # type: ignore[attr-defined]
                 for p in self.priority_steps
             ]
-        commands += self._ring(queue)
         publish_batch = kwargs.pop("_publish_batch", None)
         if publish_batch is not None:
             for name, *args in commands:
@@ -315,10 +373,51 @@ class BrokerstackChannel:
         """A client that sends script calls as they are: their keys are prefixed already."""
         return redis.Redis(connection_pool=self.pool)
 
+    # --- delayed messages ----------------------------------------------------------------------
+
+    def _move_due(self, queues: list[str], force: bool = False) -> None:
+        """Move the due delayed messages of ``queues`` onto their lists (delayed.lua), if it is
+        time to look; learn when the earliest one left is due."""
+        now = time.time()
+        queues = [queue for queue in queues if queue not in self._untracked_queues]
+        if not queues or (now < self._next_move_at and not force):
+            return
+        keys = [
+            self.global_keyprefix + key
+            for key in (
+                *(delayed_key(queue) for queue in queues),
+                *(doorbell_key(queue) for queue in queues),
+                *(self._q_for_pri(queue, PRIORITY_MIN) for queue in queues),  # type: ignore[attr-defined]
+            )
+        ]
+        args = [repr(now), MAX_MOVE, MAX_FETCH_BYTES, self.global_keyprefix, DOORBELL_MAX]
+        client = self._script_client()
+        try:
+            moved, earliest = client.evalsha(DELAYED_SHA, len(keys), *keys, *args)
+        except NoScriptError:
+            # A restarted or flushed Redis forgot the script: load it once, not send it every time.
+            client.script_load(DELAYED_SCRIPT)
+            moved, earliest = client.evalsha(DELAYED_SHA, len(keys), *keys, *args)
+        self._next_move_at = now + DELAYED_CHECK_INTERVAL
+        if earliest:
+            self._next_move_at = min(self._next_move_at, float(earliest))
+        if moved:
+            self._fetch_next = True
+
+    def _wait_timeout(self) -> float:
+        """How long an idle consumer waits for a ring: until the next look at the delayed sets."""
+        return max(MIN_WAIT, min(self.brpop_timeout, self._next_move_at - time.time()))
+
+    def _delayed_size(self, queue: str, client: Any) -> int:
+        return int(client.zcard(self._key_for("zcard", delayed_key(queue))) or 0)
+
+    # --- consuming, continued -------------------------------------------------------------------
+
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
+        self._move_due(queues)
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         if self._fetch_next or UNSENT_ACKS.waiting(self.unsent_acks_key):
@@ -329,7 +428,7 @@ class BrokerstackChannel:
         else:
             self._pending = ("wait", 0, [])
             bells = [self.global_keyprefix + doorbell_key(queue) for queue in queues]
-            command = ["BRPOP", *bells, timeout or self.brpop_timeout]
+            command = ["BRPOP", *bells, timeout or self._wait_timeout()]
         self.client.connection.send_command(*command)
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -350,8 +449,11 @@ class BrokerstackChannel:
                 self._fetch_next = True
                 raise kombu_redis.Empty() from None
             if kind == "wait":
-                # A ring, or a quiet second: either way, look at the queues now.
+                # A ring, or a quiet second: either way, look at the queues now, and at the delayed
+                # sets too if the ring was for a delayed message (it may be due before any we knew).
                 self._fetch_next = True
+                if reply and bytes_to_str(reply[1]) == DELAYED_RING:
+                    self._next_move_at = 0.0
                 raise kombu_redis.Empty()
             more, *items = reply or [0]
             delivered = len(items) // 3
@@ -393,6 +495,7 @@ class BrokerstackChannel:
 
     def _get(self, queue: str, timeout: float | None = None) -> dict:
         """Synchronous get (basic_get): the same atomic take-and-record, one message."""
+        self._move_due([queue], force=True)
         keys, args, acks = self._fetch_arguments([queue], 1)
         client = self._script_client()
         try:
@@ -409,6 +512,23 @@ class BrokerstackChannel:
         if payload is None:
             raise kombu_redis.Empty()
         return payload
+
+    def _purge(self, queue: str) -> int:
+        # A queue's delayed messages are its messages too: purging it drops them with the rest.
+        with self.conn_or_acquire() as client, client.pipeline() as pipe:  # type: ignore[attr-defined]
+            pipe.zcard(self._key_for("zcard", delayed_key(queue))).delete(delayed_key(queue))
+            delayed, _ = pipe.execute()
+        return int(super()._purge(queue)) + int(delayed or 0)  # type: ignore[misc]
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        super()._delete(queue, *args, **kwargs)  # type: ignore[misc]
+        with self.conn_or_acquire(client=kwargs.get("client")) as client:  # type: ignore[attr-defined]
+            client.delete(delayed_key(queue))
+
+    def delayed_depth(self, queues: list[str]) -> int:
+        """How many delayed messages of ``queues`` wait in Redis (not yet due, or due and not moved)."""
+        with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
+            return sum(self._delayed_size(queue, client) for queue in queues)
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         message = super().basic_get(queue, no_ack=no_ack, **kwargs)  # type: ignore[misc]
