@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from worker.backends import redis_client
+from worker.idempotent import pending_effects
 from worker.settings import load_settings
 
 if TYPE_CHECKING:
@@ -43,14 +44,25 @@ class Outbox:
         return _client(self.url, self.settings)
 
     def record(self, kind: str, **entry: Any) -> dict[str, Any]:
+        """Record one thing "sent". Inside an IdempotentTask (worker.idempotent) the write joins the
+        task's claim and happens in the same transaction that completes it: once per task id."""
         entry = {"kind": kind, "at": time.time(), **entry}
         key = self._prefix + KEY_PREFIX + kind
+        effects = pending_effects()
+        if effects is not None and effects.url == self.url:
+            entry["task_id"] = effects.task_id
+            payload = json.dumps(entry)
+            effects.writes.append(lambda pipe: self._write(pipe, key, payload))
+            return entry
         with self._redis().pipeline() as pipe:
-            pipe.rpush(key, json.dumps(entry))
-            pipe.ltrim(key, -MAX_ENTRIES, -1)
-            pipe.expire(key, self.ttl_seconds)
+            self._write(pipe, key, json.dumps(entry))
             pipe.execute()
         return entry
+
+    def _write(self, pipe: Any, key: str, payload: str) -> None:
+        pipe.rpush(key, payload)
+        pipe.ltrim(key, -MAX_ENTRIES, -1)
+        pipe.expire(key, self.ttl_seconds)
 
     def read(self, kind: str) -> list[dict[str, Any]]:
         return [json.loads(item) for item in self._redis().lrange(self._prefix + KEY_PREFIX + kind, 0, -1)]

@@ -99,9 +99,16 @@ class Settings(BaseSettings):
     redis_global_keyprefix: str = ""
 
     # --- tasks and workers --------------------------------------------------------------------
+    #: Longest countdown/ETA the API accepts (seconds, default 7 days), on every broker: waiting
+    #: tasks are held by the broker, not by a worker (docs/delayed-tasks.md). At most 2^28 - 1, the
+    #: longest delay RabbitMQ's delayed-delivery ladder holds.
+    max_task_delay: int = Field(default=7 * 24 * 3600, ge=1, le=2**28 - 1)
     task_time_limit: int = Field(default=30 * 60, ge=1)
     task_soft_time_limit: int = Field(default=29 * 60, ge=1)
     result_expires: int = Field(default=24 * 3600, ge=1)
+    #: How long an Idempotency-Key's answer (API) and a task id's completed effect claim (worker)
+    #: are remembered: a retry after this is a new request (docs/idempotency.md).
+    idempotency_ttl: int = Field(default=24 * 3600, ge=1)
     #: 1 makes priorities and routing take effect: a worker holds at most one waiting message
     #: per process, so urgent work is not stuck behind a prefetched backlog.
     worker_prefetch_multiplier: int = Field(default=1, ge=1)

@@ -16,12 +16,14 @@ docs stay open: they carry no task data (no ids, arguments, results or traceback
 from __future__ import annotations
 
 import hmac
-from typing import Any
+import threading
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Header, HTTPException, Request, status
 from fastapi.security import APIKeyHeader
 
 from services.api.catalog import TaskCatalog
+from services.api.idempotency import HEADER, KEY_PATTERN, MAX_KEY_LENGTH, Idempotency, IdempotencyStore, store_for
 from services.api.producer import Producer
 from services.api.published import PublishedTasks
 from worker.settings import Settings
@@ -47,6 +49,40 @@ def get_catalog(request: Request) -> TaskCatalog:
 
 def get_published(request: Request) -> PublishedTasks:
     return request.app.state.published
+
+
+_idempotency_lock = threading.Lock()
+
+
+def get_idempotency_store(request: Request) -> IdempotencyStore:
+    """The Idempotency-Key store, made on first use (a request without a key never needs it)."""
+    state = request.app.state
+    with _idempotency_lock:
+        if getattr(state, "idempotency", None) is None:
+            state.idempotency = store_for(state.settings, state.producer)
+        return state.idempotency
+
+
+def _idempotency_key(
+    key: Annotated[
+        str | None,
+        Header(
+            alias=HEADER,
+            min_length=1,
+            max_length=MAX_KEY_LENGTH,
+            pattern=KEY_PATTERN,
+            description="Retry with the same key to get the first answer instead of a second task "
+            f"(1-{MAX_KEY_LENGTH} printable ASCII characters; kept IDEMPOTENCY_TTL seconds)",
+        ),
+    ] = None,
+) -> str | None:
+    return key
+
+
+def get_idempotency(request: Request, key: str | None = Depends(_idempotency_key)) -> Idempotency:
+    """The request's Idempotency-Key (validated: 422 naming the header) and its store."""
+    store = get_idempotency_store(request) if key is not None else None
+    return Idempotency(key, store, get_producer(request), get_settings(request))
 
 
 def _secret(value: Any) -> bytes | None:

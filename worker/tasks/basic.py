@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
+from worker.idempotent import IdempotentTask
 from worker.outbox import outbox_for
 
 
@@ -42,7 +43,7 @@ def heartbeat(self: Task) -> None:
     outbox_for(self.app).record("heartbeat", worker=self.request.hostname)
 
 
-@shared_task(bind=True)
+@shared_task(bind=True, base=IdempotentTask)
 def daily_report(self: Task) -> dict[str, Any]:
     """Beat's crontab task (midnight): a fake report, recorded where operators can see it."""
     report = {"period": "day", "date": time.strftime("%Y-%m-%d", time.gmtime())}

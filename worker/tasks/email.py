@@ -4,15 +4,19 @@ The fake API can be told to fail, so the retry paths are exercised for real: ``f
 the first attempts raise a transient error (retried automatically with exponential backoff and
 jitter), ``rate_limited_times`` makes them answer "slow down" (retried by hand after the delay the
 server asked for), and the outbox switch ``MAIL_SERVER_DOWN`` takes the whole server down until
-it is switched off again (a fault to fix before replaying dead letters).
+it is switched off again (a fault to fix before replaying dead letters). ``MAIL_SERVER_SLOW`` holds
+every send inside the call until it is switched off: a worker can be killed mid-send (between the
+IdempotentTask's claim and its completion) on purpose.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Task, shared_task
 
+from worker.idempotent import IdempotentTask
 from worker.outbox import outbox_for
 
 #: Retries after the first attempt before the task fails for good.
@@ -22,6 +26,10 @@ EMAIL_RETRY_BACKOFF = 1
 EMAIL_RETRY_BACKOFF_MAX = 60
 #: Outbox switch: while on, every send fails as if the mail server were down.
 MAIL_SERVER_DOWN = "mail_server_down"
+#: Outbox switch: while on, every send waits inside the call (bounded by the soft time limit).
+MAIL_SERVER_SLOW = "mail_server_slow"
+#: How often a held send looks at the switch again.
+SLOW_POLL_SECONDS = 0.1
 
 
 class EmailDeliveryError(Exception):
@@ -40,6 +48,8 @@ def _fake_mail_api(app: Any, *, to: str, subject: str, attempt: int, fail_times:
     outbox = outbox_for(app)
     if outbox.switch(MAIL_SERVER_DOWN):
         raise EmailDeliveryError("mail server down")
+    while outbox.switch(MAIL_SERVER_SLOW):
+        time.sleep(SLOW_POLL_SECONDS)
     if attempt < rate_limited_times:
         raise EmailRateLimited(retry_after=1)
     if attempt < fail_times:
@@ -49,6 +59,7 @@ def _fake_mail_api(app: Any, *, to: str, subject: str, attempt: int, fail_times:
 
 @shared_task(
     bind=True,
+    base=IdempotentTask,
     autoretry_for=(EmailDeliveryError,),
     max_retries=EMAIL_MAX_RETRIES,
     retry_backoff=EMAIL_RETRY_BACKOFF,
@@ -73,13 +84,19 @@ def send_email(
     return {"status": "sent", "user_id": user_id, "email": email, "attempts": self.request.retries + 1}
 
 
-@shared_task(bind=True, autoretry_for=(EmailDeliveryError,), max_retries=EMAIL_MAX_RETRIES, retry_backoff=True)
+@shared_task(
+    bind=True,
+    base=IdempotentTask,
+    autoretry_for=(EmailDeliveryError,),
+    max_retries=EMAIL_MAX_RETRIES,
+    retry_backoff=True,
+)
 def send_welcome_email(self: Task, user_id: str, email: str) -> dict[str, Any]:
     outbox_for(self.app).record("welcome_email", user_id=user_id, to=email)
     return {"status": "sent", "user_id": user_id}
 
 
-@shared_task(bind=True)
+@shared_task(bind=True, base=IdempotentTask)
 def notify_admin_new_signup(self: Task, user_id: str) -> dict[str, Any]:
     outbox_for(self.app).record("admin_notification", user_id=user_id)
     return {"status": "notified", "user_id": user_id}

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, status
 
-from services.api.catalog import TaskCatalog, publish_options
-from services.api.dependencies import get_catalog, get_producer, get_published, require_api_key, require_read_key
+from services.api.catalog import TaskCatalog, eta_in_past, publish_options
+from services.api.dependencies import (
+    get_catalog,
+    get_idempotency,
+    get_producer,
+    get_published,
+    require_api_key,
+    require_read_key,
+)
 from services.api.errors import InvalidArguments
+from services.api.idempotency import Idempotency, answer_once
 from services.api.producer import Producer
 from services.api.published import PublishedTasks, publish_recorded
 from services.api.schemas import (
@@ -36,6 +43,10 @@ GUARDED_WRITE: dict[int | str, dict[str, Any]] = {
     **GUARDED_READ,
     403: {"model": ErrorBody, "description": "API_READ_KEY sent: this endpoint needs API_KEY"},
 }
+#: The answers an Idempotency-Key adds (docs/idempotency.md).
+IDEMPOTENT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "a request with this Idempotency-Key is still being processed"},
+}
 
 
 @router.get("", summary="The tasks that can be enqueued, with their parameters")
@@ -47,7 +58,7 @@ def list_tasks(catalog: TaskCatalog = Depends(get_catalog)) -> dict[str, list[di
     "/{name}",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Depends(require_api_key)],
-    responses={404: {"model": ErrorBody}, **GUARDED_WRITE, **UNAVAILABLE},
+    responses={404: {"model": ErrorBody}, **GUARDED_WRITE, **IDEMPOTENT, **UNAVAILABLE},
 )
 async def enqueue_task(
     name: Annotated[str, Path(max_length=100)],
@@ -56,22 +67,29 @@ async def enqueue_task(
     catalog: TaskCatalog = Depends(get_catalog),
     producer: Producer = Depends(get_producer),
     published: PublishedTasks = Depends(get_published),
+    idempotency: Idempotency = Depends(get_idempotency),
 ) -> TaskAccepted:
     if name not in catalog:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown task {name!r}; GET /tasks lists them")
     call = call or TaskCall()
     if problems := catalog.check_call(name, call):
         raise InvalidArguments(problems)
+    held = await idempotency.claim(f"POST /tasks/{name}", call.model_dump(mode="json"))
     task = catalog.task(name)
-    task_id = str(uuid.uuid4())  # chosen here so it is recorded while the message is published
-    await publish_recorded(
-        producer,
-        published,
-        [task_id],
-        lambda: task.apply_async(call.args, call.kwargs, task_id=task_id, **publish_options(call)),
-    )
-    response.headers["Location"] = f"/tasks/{task_id}"
-    return TaskAccepted(task_id=task_id, status_url=f"/tasks/{task_id}")
+    task_id = held.task_id()  # chosen here so it is recorded while the message is published
+
+    async def start() -> TaskAccepted:
+        await publish_recorded(
+            producer,
+            published,
+            [task_id],
+            lambda: task.apply_async(call.args, call.kwargs, task_id=task_id, **publish_options(call)),
+        )
+        return TaskAccepted(task_id=task_id, status_url=f"/tasks/{task_id}", eta_in_past=eta_in_past(call))
+
+    accepted = await answer_once(held, TaskAccepted, start)
+    response.headers["Location"] = accepted.status_url
+    return accepted
 
 
 @router.get(

@@ -8,11 +8,19 @@ from celery import chain, chord, group
 from fastapi import APIRouter, Depends, HTTPException, Path, status
 
 from services.api.catalog import TaskCatalog
-from services.api.dependencies import get_catalog, get_producer, get_published, require_api_key, require_read_key
+from services.api.dependencies import (
+    get_catalog,
+    get_idempotency,
+    get_producer,
+    get_published,
+    require_api_key,
+    require_read_key,
+)
 from services.api.errors import InvalidArguments
+from services.api.idempotency import Idempotency, answer_once
 from services.api.producer import Producer
 from services.api.published import PublishedTasks, publish_recorded
-from services.api.routes.tasks import GUARDED_READ, GUARDED_WRITE, UNAVAILABLE, read_status
+from services.api.routes.tasks import GUARDED_READ, GUARDED_WRITE, IDEMPOTENT, UNAVAILABLE, read_status
 from services.api.schemas import (
     TASK_ID_PATTERN,
     ChainRequest,
@@ -26,6 +34,7 @@ from services.api.schemas import (
 
 router = APIRouter(prefix="/workflows", tags=["workflows"], responses=UNAVAILABLE)
 GUARDED = [Depends(require_api_key)]
+STARTS: dict[int | str, dict[str, Any]] = {**GUARDED_WRITE, **IDEMPOTENT}
 
 
 def _options(request: WorkflowOptions) -> dict[str, Any]:
@@ -47,34 +56,51 @@ def _task_ids(result: Any) -> list[str]:
     return ids
 
 
-@router.post("/chain", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED, responses=GUARDED_WRITE)
+@router.post("/chain", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED, responses=STARTS)
 async def start_chain(
     request: ChainRequest,
     catalog: TaskCatalog = Depends(get_catalog),
     producer: Producer = Depends(get_producer),
     published: PublishedTasks = Depends(get_published),
+    idempotency: Idempotency = Depends(get_idempotency),
 ) -> WorkflowAccepted:
     if problems := catalog.check_steps(request.tasks, loc="tasks", receives_previous=True):
         raise InvalidArguments(problems)
-    workflow = chain(*(catalog.signature(step, **_options(request)) for step in request.tasks))
-    # Freezing assigns every step's id now (apply_async keeps them), so all are recorded while it
-    # is published: later steps are sent by workers, under these ids.
+    held = await idempotency.claim("POST /workflows/chain", request.model_dump(mode="json"))
+    workflow = chain(
+        *(
+            catalog.signature(step, **_options(request)).set(task_id=held.task_id(index))
+            for index, step in enumerate(request.tasks)
+        )
+    )
+    # Freezing keeps every step's id (set above: derived from an Idempotency-Key, else random), so
+    # all are recorded while it is published: later steps are sent by workers, under these ids.
     frozen = workflow.freeze()
     task_ids = _task_ids(frozen)
-    await publish_recorded(producer, published, task_ids, workflow.apply_async)
-    return WorkflowAccepted(task_id=frozen.id, status_url=f"/tasks/{frozen.id}", task_ids=task_ids)
+
+    async def start() -> WorkflowAccepted:
+        await publish_recorded(producer, published, task_ids, workflow.apply_async)
+        return WorkflowAccepted(task_id=frozen.id, status_url=f"/tasks/{frozen.id}", task_ids=task_ids)
+
+    return await answer_once(held, WorkflowAccepted, start)
 
 
-@router.post("/group", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED, responses=GUARDED_WRITE)
+@router.post("/group", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED, responses=STARTS)
 async def start_group(
     request: GroupRequest,
     catalog: TaskCatalog = Depends(get_catalog),
     producer: Producer = Depends(get_producer),
     published: PublishedTasks = Depends(get_published),
+    idempotency: Idempotency = Depends(get_idempotency),
 ) -> GroupAccepted:
     if problems := catalog.check_steps(request.tasks, loc="tasks", receives_previous=False):
         raise InvalidArguments(problems)
-    workflow = group(catalog.signature(step, **_options(request)) for step in request.tasks)
+    held = await idempotency.claim("POST /workflows/group", request.model_dump(mode="json"))
+    workflow = group(
+        catalog.signature(step, **_options(request)).set(task_id=held.task_id(index))
+        for index, step in enumerate(request.tasks)
+    )
+    workflow.set(task_id=held.task_id(len(request.tasks)))  # the group's own id
     frozen = workflow.freeze()
     task_ids = [child.id for child in frozen.results]
 
@@ -83,29 +109,44 @@ async def start_group(
         result.save()  # so GET /workflows/<id> can find its members later
         return result
 
-    await publish_recorded(producer, published, task_ids, publish_and_save)
-    return GroupAccepted(group_id=frozen.id, status_url=f"/workflows/{frozen.id}", task_ids=task_ids)
+    async def start() -> GroupAccepted:
+        await publish_recorded(producer, published, task_ids, publish_and_save)
+        return GroupAccepted(group_id=frozen.id, status_url=f"/workflows/{frozen.id}", task_ids=task_ids)
+
+    return await answer_once(held, GroupAccepted, start)
 
 
-@router.post("/chord", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED, responses=GUARDED_WRITE)
+@router.post("/chord", status_code=status.HTTP_202_ACCEPTED, dependencies=GUARDED, responses=STARTS)
 async def start_chord(
     request: ChordRequest,
     catalog: TaskCatalog = Depends(get_catalog),
     producer: Producer = Depends(get_producer),
     published: PublishedTasks = Depends(get_published),
+    idempotency: Idempotency = Depends(get_idempotency),
 ) -> WorkflowAccepted:
     problems = catalog.check_steps(request.header, loc="header", receives_previous=False)
     problems += catalog.check_steps([request.callback], loc="callback", receives_previous=True)
     if problems:
         raise InvalidArguments(problems)
+    held = await idempotency.claim("POST /workflows/chord", request.model_dump(mode="json"))
     options = _options(request)
-    workflow = chord(
-        [catalog.signature(step, **options) for step in request.header], catalog.signature(request.callback, **options)
+    size = len(request.header)
+    header = group(
+        catalog.signature(step, **options).set(task_id=held.task_id(index)) for index, step in enumerate(request.header)
     )
+    workflow = chord(header, catalog.signature(request.callback, **options).set(task_id=held.task_id(size)))
+    # The header's group id too, so a retried publish counts toward the same chord. chord() unpacks a
+    # group header into its tasks (dropping the group's options); freeze keeps a group it is given.
+    header.set(task_id=held.task_id(size + 1))
+    workflow.tasks = header
     frozen = workflow.freeze()
     task_ids = _task_ids(frozen)
-    await publish_recorded(producer, published, task_ids, workflow.apply_async)
-    return WorkflowAccepted(task_id=frozen.id, status_url=f"/tasks/{frozen.id}", task_ids=task_ids)
+
+    async def start() -> WorkflowAccepted:
+        await publish_recorded(producer, published, task_ids, workflow.apply_async)
+        return WorkflowAccepted(task_id=frozen.id, status_url=f"/tasks/{frozen.id}", task_ids=task_ids)
+
+    return await answer_once(held, WorkflowAccepted, start)
 
 
 @router.get("/{group_id}", dependencies=[Depends(require_read_key)], responses=GUARDED_READ)
