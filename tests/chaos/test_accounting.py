@@ -178,6 +178,9 @@ def test_a_held_stream_lets_go_when_stopped():
     assert time.monotonic() - started < 5
 
 
+HA_SETUPS = ("redis-sentinel", "redis-sentinel-wait", "rabbitmq-quorum-cluster", "rabbitmq-classic-cluster")
+
+
 def test_the_setups_and_scenarios_are_the_ones_the_issue_names():
     assert set(SETUPS) == {
         "redis-volatile",
@@ -186,6 +189,11 @@ def test_the_setups_and_scenarios_are_the_ones_the_issue_names():
         "rabbitmq-confirms",
         "rabbitmq-noconfirm",
         "rabbitmq-quorum",
+        # issue 13: high availability
+        "redis-sentinel",
+        "redis-sentinel-wait",
+        "rabbitmq-quorum-cluster",
+        "rabbitmq-classic-cluster",
     }
     assert set(SCENARIO_NAMES) == {
         "broker-kill",
@@ -197,11 +205,19 @@ def test_the_setups_and_scenarios_are_the_ones_the_issue_names():
         "rolling-deploy",
         "broker-restart-mid-task",
         "idle-kill",
+        "failover",
+        "partition",
+        "power-loss",
+        "power-loss-node",
+        "power-loss-all",
     }
     pairs = applicable_pairs()
     assert [p for p in pairs if p[0] == "node-loss"] == [("node-loss", "rabbitmq-quorum")]
     routine = ("rolling-deploy", "broker-restart-mid-task", "idle-kill")
-    assert all((scenario, setup) in pairs for scenario in ("broker-kill", "worker-kill", *routine) for setup in SETUPS)
+    single = [name for name in SETUPS if name not in HA_SETUPS]
+    assert all((scenario, setup) in pairs for scenario in ("broker-kill", "worker-kill", *routine) for setup in single)
+    # The HA setups run the HA scenarios, and only those.
+    assert {p for p in pairs if p[1] in HA_SETUPS} == {(s, h) for s in ("failover", "partition") for h in HA_SETUPS}
 
 
 def test_the_promises_are_what_each_setup_can_keep():

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 Outcome = Literal["pending", "ok", "fail"]
-EventName = Literal["start", "finish", "abort"]
+EventName = Literal["start", "finish", "abort", "effect"]
 
 
 @dataclass
@@ -52,7 +52,9 @@ class Execution:
     """One entry the workers wrote: a task ``start`` or ``finish``, or an ``abort``: a run that
     ended without an outcome because the worker terminated it (Celery cancels a running acks_late
     task when its connection is lost, so it runs again from the requeued message). An aborted run
-    is not an execution: it neither counts as one nor makes the next one a duplicate."""
+    is not an execution: it neither counts as one nor makes the next one a duplicate. An ``effect``
+    is written by a task with the effectively-once guarantee (``worker.idempotent``) when its effect
+    was committed, which happens once per task id however often it ran."""
 
     event: EventName
     task_id: str
@@ -118,6 +120,12 @@ class Counts:
     started_never_finished: int
     #: Runs the worker terminated before they had an outcome (not executions; see Execution).
     aborted: int = 0
+    #: Task ids whose effect happened more than once: for a task with the guarantee
+    #: (IdempotentTask) its committed effects, for any other task its executions (each run is its
+    #: effect). ``duplicated`` counts runs; this counts what a user would see twice.
+    duplicated_effects: int = 0
+    #: Effects committed by tasks with the guarantee (one per task id when it holds).
+    effects: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -130,14 +138,23 @@ def account(attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Cou
     ``recovered`` = executed though not acknowledged; ``unexpected`` = executed but never
     attempted. Executions of unknown ids are first matched against anonymous unacknowledged
     attempts (the API gives no id with a 503), and count as recovered up to their number.
+    ``duplicated_effects`` counts effects, not runs (see Counts).
     """
     attempts = list(attempts)
     finishes: Counter[str] = Counter()
     starts: Counter[str] = Counter()
+    effects: Counter[str] = Counter()
+    guarded_names: set[str] = set()
+    names: dict[str, str] = {}
     redelivered_starts = 0
     aborted = 0
     for entry in executions:
-        if entry.event == "finish":
+        if entry.name:
+            names.setdefault(entry.task_id, entry.name)
+        if entry.event == "effect":
+            effects[entry.task_id] += 1
+            guarded_names.add(entry.name)
+        elif entry.event == "finish":
             finishes[entry.task_id] += 1
         elif entry.event == "abort":
             aborted += 1
@@ -155,6 +172,11 @@ def account(attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Cou
     unknown_executed = executed_ids - known_ids
     recovered_anonymous = min(len(unknown_executed), anonymous_unacked)
     acknowledged = sum(1 for a in attempts if a.acknowledged)
+    # A guarded task's effect is its committed effect; any other task's is every run of it.
+    effect_counts = {
+        task_id: effects[task_id] if task_id in effects or names.get(task_id) in guarded_names else runs
+        for task_id, runs in finishes.items()
+    }
 
     return Counts(
         attempted=len(attempts),
@@ -172,6 +194,9 @@ def account(attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Cou
         redelivered_starts=redelivered_starts,
         started_never_finished=len({i for i in starts if i not in finishes} & acked_ids),
         aborted=aborted,
+        duplicated_effects=sum(1 for n in effect_counts.values() if n > 1)
+        + sum(1 for task_id, n in effects.items() if n > 1 and task_id not in finishes),
+        effects=sum(effects.values()),
     )
 
 

@@ -5,13 +5,17 @@
   publisher confirms: the broker confirmed), failed with the error otherwise. It never restarts:
   Celery and kombu must reconnect by themselves.
 * :class:`ApiLoad`: client threads POSTing to the API; a 202 is the acknowledgement (and names the
-  task id), anything else a failure whose latency is kept, to check the API's answer bound.
+  task id), anything else a failure whose latency is kept, to check the API's answer bound. Like a
+  careful client, each request carries an ``Idempotency-Key`` and is retried with the same key after
+  a 503, a 409 or a timeout, so a publish whose answer was lost is the same task, not a second one
+  (each try is its own ledger attempt: the refusals stay counted).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +25,12 @@ from worker.settings import Settings
 #: After a failed publish a producer waits this long before the next attempt, as a client would,
 #: so an outage does not burn the run's whole budget of attempts in a tight loop.
 FAILURE_BACKOFF = 0.25
+
+#: Tries of one API request (same Idempotency-Key) before the client gives up on it: with the
+#: backoff and the request timeout, longer than any outage the scenarios inject.
+API_KEYED_TRIES = 200
+#: Answers after which a careful client retries with the same key: unavailable, still in flight.
+API_RETRY_STATUSES = frozenset({409, 503})
 
 #: (task name, positional args, kind) for the i-th task of a run.
 Plan = Callable[[int], tuple[str, list, str]]
@@ -195,6 +205,8 @@ class ApiLoad:
         self.total = total
         self.request_timeout = request_timeout
         self.headers = {"X-API-Key": api_key} if api_key else {}
+        #: Idempotency-Keys are this plus the request's index: unique per load, stable across retries.
+        self.key_prefix = uuid.uuid4().hex
         self.stop_event = threading.Event()
         self.pacer = Pacer(rate, self.stop_event)
         self.counter = Counter(total, limit)
@@ -228,24 +240,27 @@ class ApiLoad:
         try:
             with httpx.Client(base_url=self.base_url, timeout=self.request_timeout, headers=self.headers) as client:
                 while not self.stop_event.is_set():
-                    if self.counter.take(self.stop_event) is None:
+                    index = self.counter.take(self.stop_event)
+                    if index is None:
                         break
                     self.pacer.wait()
-                    if self.stop_event.is_set():
-                        break
-                    self._one(client)
+                    key = f"{self.key_prefix}-{index:07d}"
+                    for _ in range(API_KEYED_TRIES):
+                        if self.stop_event.is_set() or self._one(client, key):
+                            break
         except BaseException as exc:  # noqa: BLE001 - reported by the runner
             self.errors.append(exc)
         finally:
             self.finished_at = time.time()
 
-    def _one(self, client: object) -> None:
+    def _one(self, client: object, key: str) -> bool:
+        """One try of the request with Idempotency-Key ``key``; False if it is worth retrying."""
         import httpx
 
         attempt = self.ledger.invoke(None, "api")
         started = time.monotonic()
         try:
-            response = client.post("/tasks/noop", json={})  # type: ignore[attr-defined]
+            response = client.post("/tasks/noop", json={}, headers={"Idempotency-Key": key})  # type: ignore[attr-defined]
         except httpx.HTTPError as exc:
             latency = time.monotonic() - started
             self.ledger.fail(attempt, f"{type(exc).__name__}: {exc}")
@@ -253,14 +268,14 @@ class ApiLoad:
                 self.stats.transport_errors += 1
                 self.stats.refusal_latencies.append(latency)
             self.stop_event.wait(FAILURE_BACKOFF)
-            return
+            return False
         latency = time.monotonic() - started
         with self.stats.lock:
             key = str(response.status_code)
             self.stats.statuses[key] = self.stats.statuses.get(key, 0) + 1
         if response.status_code == 202:
             self.ledger.ok(attempt, response.json()["task_id"])
-            return
+            return True
         try:
             error = response.json().get("error", "")
         except ValueError:
@@ -270,6 +285,7 @@ class ApiLoad:
             self.stats.refusals += 1
             self.stats.refusal_latencies.append(latency)
         self.stop_event.wait(FAILURE_BACKOFF)
+        return response.status_code not in API_RETRY_STATUSES
 
 
 class SinglePublisher:

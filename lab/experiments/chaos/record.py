@@ -204,6 +204,8 @@ def summary_row(data: dict[str, Any]) -> dict[str, Any]:
         **{key: counts.get(key) for key in HEADLINE_COUNTS},
         "lost_per_fault": _per(counts.get("lost"), faults),
         "duplicated_per_fault": _per(counts.get("duplicated"), faults),
+        # Effects, not runs (ledger.Counts); None in records made before effects were counted.
+        "duplicated_effects": counts.get("duplicated_effects"),
         "unexpected": counts.get("unexpected"),
         "redelivery_s": (timings.get("redelivery_delay_s") or {}).get("max"),
         "recovery_s": (timings.get("recovery_s") or {}).get("max"),
