@@ -13,6 +13,7 @@ from services.api.body_limit import BodySizeLimit
 from services.api.catalog import TaskCatalog
 from services.api.docs import install_docs
 from services.api.errors import install_error_handlers
+from services.api.metrics_http import install_http_metrics
 from services.api.producer import Producer, ServiceUnavailable
 from services.api.published import PublishedTasks
 from services.api.routes import dlq, health, metrics, tasks, users, workflows
@@ -70,4 +71,5 @@ def create_app(settings: Settings | None = None, *, celery_app: Celery | None = 
     install_docs(app)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    install_http_metrics(app)
     return app

@@ -269,7 +269,10 @@ def test_broker_errors_become_503_with_retry_after(
     assert response.status_code == 503
     assert response.json()["error"] == "broker_unavailable"
     assert response.headers["retry-after"] == "2"
-    assert 'outcome="unavailable"} 1' in api.get("/metrics").text
+    assert any(
+        line.startswith("brokerstack_broker_calls_total{") and 'outcome="unavailable"' in line and line.endswith(" 1.0")
+        for line in api.get("/metrics").text.splitlines()
+    )
 
 
 def test_readyz_reports_broker_and_result_backend(
