@@ -12,6 +12,9 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +31,9 @@ COMPOSE_FILES_SHARED = (REPO / "deploy" / "compose.common.yml",)
 APP_SERVICES = ("api", "worker-high", "worker-default", "beat", "flower")
 #: Runs once before the app services and exits: the settings check they wait for.
 CONFIG_CHECK = "config-check"
+#: Ports published by the services of the compose profiles ``monitoring`` and ``dashboards`` (not in
+#: a StackSpec's port_variables: a plain ``docker compose config`` leaves those services out).
+MONITORING_PORT_VARIABLES = ("PROMETHEUS_PORT", "ALERTMANAGER_PORT", "GRAFANA_PORT")
 #: The image tag the tests build and run, apart from a developer's brokerstack:local.
 TEST_IMAGE = "brokerstack:compose-test"
 
@@ -70,6 +76,46 @@ STACKS = (
         services=("rabbitmq", "redis", *APP_SERVICES),
     ),
 )
+
+#: The highly available stacks (tests/compose/test_ha_stacks.py). ``broker`` is the node the
+#: stack starts with as Redis primary / first failover URL.
+REDIS_NODES = ("redis-1", "redis-2", "redis-3")
+SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+RABBITMQ_NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
+HA_STACKS = (
+    StackSpec(
+        name="redis-sentinel",
+        file="compose.redis-sentinel.yml",
+        broker="redis-1",
+        port_variables=("API_PORT", "FLOWER_PORT"),
+        services=(*REDIS_NODES, *SENTINELS, *APP_SERVICES),
+    ),
+    StackSpec(
+        name="rabbitmq-cluster",
+        file="compose.rabbitmq-cluster.yml",
+        broker="rabbitmq-1",
+        port_variables=(
+            "API_PORT",
+            "FLOWER_PORT",
+            "REDIS_PORT",
+            "RABBITMQ_PORT",
+            "RABBITMQ_MANAGEMENT_PORT",
+            "RABBITMQ_NODE2_PORT",
+            "RABBITMQ_NODE2_MANAGEMENT_PORT",
+            "RABBITMQ_NODE3_PORT",
+            "RABBITMQ_NODE3_MANAGEMENT_PORT",
+        ),
+        services=(*RABBITMQ_NODES, "redis", *APP_SERVICES),
+    ),
+)
+#: The management API of each cluster node, by the variable that publishes it.
+RABBITMQ_MANAGEMENT_PORT_OF = {
+    "rabbitmq-1": "RABBITMQ_MANAGEMENT_PORT",
+    "rabbitmq-2": "RABBITMQ_NODE2_MANAGEMENT_PORT",
+    "rabbitmq-3": "RABBITMQ_NODE3_MANAGEMENT_PORT",
+}
+#: The HA stacks' own secrets, beside the ones every stack has (ComposeStack.create).
+HA_SECRET_VARIABLES = ("REDIS_SENTINEL_PASSWORD", "RABBITMQ_CLUSTER_COOKIE")
 
 
 def documented_variables() -> list[str]:
@@ -288,3 +334,28 @@ _LIVE: dict[str, ComposeStack] = {}
 def _down_leftovers() -> None:
     for stack in list(_LIVE.values()):
         stack.down()
+
+
+@contextmanager
+def stack_up(spec: StackSpec, record_dir: Path, **env: str) -> Iterator[ComposeStack]:
+    """``spec`` on a project, ports and credentials of its own (ComposeStack.create, then ``env``),
+    brought up with ``up --build --wait`` (its logs printed if that fails); afterwards its record
+    written to ``record_dir`` and ``down -v``, whatever happened."""
+    stack = ComposeStack.create(spec)
+    stack.env.update(env)
+    try:
+        started = time.monotonic()
+        try:
+            stack.compose("up", "--detach", "--build", "--wait", "--wait-timeout", "300", timeout=900)
+        except Exception:
+            print(stack.logs(tail=40))
+            raise
+        stack.record["up_build_wait_seconds"] = round(time.monotonic() - started, 1)
+        print(f"\n[{spec.name}] up --build --wait: {stack.record['up_build_wait_seconds']} s")
+        yield stack
+    finally:
+        try:
+            if stack.record:
+                print(f"[{spec.name}] results: {stack.write_record(record_dir)}")
+        finally:
+            stack.down()
