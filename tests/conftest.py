@@ -28,6 +28,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lab.harness.nodes import BrokerNode, DriverName, make_node, resolve_driver
+from lab.harness.nodes.base import random_suffix
 from lab.harness.processes import CeleryWorker
 from lab.harness.settings import settings_for
 from services.api.app import create_app
@@ -47,7 +48,7 @@ def driver() -> DriverName:
 @pytest.fixture(scope="session")
 def results_node(driver: DriverName) -> Iterator[BrokerNode]:
     """A Redis for results and the outbox, apart from the broker under test on both profiles."""
-    with make_node("redis", driver, name="results") as node:
+    with make_node("redis", driver, name=f"results-{random_suffix()}") as node:
         yield node
 
 

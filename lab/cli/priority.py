@@ -13,6 +13,7 @@ from rich.table import Table
 
 from lab.experiments.priority import BACKLOG, URGENT, measure_priority
 from lab.harness.nodes import BrokerKind, make_node
+from lab.harness.nodes.base import random_suffix
 from lab.harness.nodes.factory import DriverChoice
 from lab.harness.results import RESULTS_DIR_ENV, RESULTS_DIR_RULE, default_results_dir
 from lab.harness.settings import settings_for
@@ -39,7 +40,7 @@ def priority(
     os.environ[RESULTS_DIR_ENV] = str(default_results_dir(results_dir, published=published))
     chosen = cast("DriverChoice | None", driver)  # make_node checks the name and says which it takes
     records = []
-    with make_node("redis", chosen, name="priority-results") as results:
+    with make_node("redis", chosen, name=f"priority-results-{random_suffix()}") as results:
         for kind, queue_type in CASES:
             console.print(
                 f"[bold]{kind}{' ' + queue_type if queue_type else ''}[/]: {backlog} low, then {urgent} urgent"

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from lab.experiments.task_cost import NODE_OPTIONS, REPETITIONS, TASKS, measure_task_cost
 from lab.harness.nodes import BrokerKind, make_node
+from lab.harness.nodes.base import random_suffix
 from lab.harness.nodes.factory import DriverChoice
 from lab.harness.results import RESULTS_DIR_ENV, RESULTS_DIR_RULE, default_results_dir
 from lab.harness.settings import settings_for
@@ -36,7 +37,7 @@ def task_cost(
     for kind in get_args(BrokerKind):
         # A dedicated results node: the backend's counters are the backend's alone.
         with (
-            make_node("redis", chosen, name="task-cost-results") as results,
+            make_node("redis", chosen, name=f"task-cost-results-{random_suffix()}") as results,
             make_node(kind, chosen, **NODE_OPTIONS[kind]) as broker,
             console.status(kind) as status,
         ):

@@ -10,6 +10,7 @@ import pytest
 
 from lab.experiments.task_cost import NODE_OPTIONS, measure_task_cost
 from lab.harness.nodes import BrokerKind, DriverName, make_node
+from lab.harness.nodes.base import random_suffix
 from lab.harness.settings import settings_for
 from lab.report.task_cost import load_task_cost, render_task_cost
 
@@ -29,7 +30,7 @@ def test_task_cost_counts_state_writes_and_deliveries(
 ) -> None:
     monkeypatch.setenv("BROKERSTACK_RESULTS_DIR", str(tmp_path))
     with (
-        make_node("redis", driver, name="task-cost-results") as results,
+        make_node("redis", driver, name=f"task-cost-results-{random_suffix()}") as results,
         make_node(kind, driver, **NODE_OPTIONS[kind]) as broker,
     ):
         record = measure_task_cost(
