@@ -72,8 +72,8 @@ def build_celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         # Task events for the monitoring exporter (services.monitoring): workers send them, and
         # every publish sends task-sent (counts, queue, and how long a task waited).
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         # Records poison before letting it go, and reconnects to a lost broker within seconds.
         "worker_consumer": "worker.consumer:BrokerstackConsumer",
         # --- topology -----------------------------------------------------------------------------

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     #: How long an Idempotency-Key's answer (API) and a task id's completed effect claim (worker)
     #: are remembered: a retry after this is a new request (docs/idempotency.md).
     idempotency_ttl: int = Field(default=24 * 3600, ge=1)
+    #: Task events (task-sent from every publish, received/started/succeeded/... from workers):
+    #: what the monitoring exporter counts. Off saves a publish per task on the producer and a few
+    #: per task on the worker, and the dashboards then show no task counts.
+    task_events: bool = True
     #: 1 makes priorities and routing take effect: a worker holds at most one waiting message
     #: per process, so urgent work is not stuck behind a prefetched backlog.
     worker_prefetch_multiplier: int = Field(default=1, ge=1)

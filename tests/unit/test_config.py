@@ -338,3 +338,13 @@ def test_a_read_key_needs_an_api_key_of_its_own():
     with pytest.raises(ConfigError, match="must differ"):
         load_settings(api_key="same-key", api_read_key="same-key")
     assert load_settings(api_key="writer", api_read_key="reader").api_read_key is not None
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_task_events_follow_the_setting(on: bool) -> None:
+    """TASK_EVENTS governs both ends: the publisher's task-sent and the worker's task events (the
+    compose workers pass no -E that would override it)."""
+    config = build_celery_config(load_settings(environment="test", task_events=on))
+    assert config["task_send_sent_event"] is on
+    assert config["worker_send_task_events"] is on
+    assert "--task-events" not in (Path(__file__).parents[2] / "deploy" / "compose.common.yml").read_text()
