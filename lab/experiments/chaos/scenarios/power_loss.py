@@ -1,0 +1,247 @@
+"""Machine crashes: the broker's data directory on LazyFS, and at each fault the power is cut.
+
+A ``kill -9`` loses nothing the broker handed to the kernel, so every durable setup looks the same
+under ``broker-kill``. Here each broker node keeps its data on its own LazyFS mount
+(lab.harness.nodes.lazyfs): after boot the mount is checkpointed (a node up for a while has its
+boot files on disk), the load runs as in ``broker-kill``, and each fault is a power cut of the
+broker's machine: ``kill -9`` of the broker, then ``lazyfs::clear-cache`` (every byte it wrote and
+did not fsync is gone), then a restart on what is left. The kill comes first so that nothing the
+broker writes between the two steps survives in LazyFS' cache. Workers, the producer and the
+ledger run on other machines: they stay up (``fault_model`` in the record says so).
+
+* ``power-loss``       the single broker node (Redis, or one RabbitMQ node).
+* ``power-loss-node``  a 3-node RabbitMQ cluster (quorum queues): the machine of the queue
+                       leader's node loses power; the others keep serving.
+* ``power-loss-all``   the same cluster: all three machines lose power at once (what quorum queues'
+                       fsync before confirm is for), then all three boot again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from lab.experiments.chaos.runner import RunOptions
+from lab.experiments.chaos.scenarios.base import (
+    Scenario,
+    broker_recovery_metrics,
+    describe_errors,
+    fault_entry,
+    run_faulted_load,
+    start_stack,
+)
+from lab.harness.nodes import NodeError
+from lab.harness.nodes.lazyfs import RABBITMQ_CONFIG, LazyFSMount, LazyFSUnavailable, unavailable_reason
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from lab.experiments.chaos.runner import ChaosRun
+    from lab.harness.setups import Setup
+
+#: What the record says was cut (the report and readers tell a machine crash from a process kill).
+FAULT_MODEL = (
+    "power loss of the broker's machine: kill -9 of the broker, then LazyFS drops every byte of its "
+    "data directory not fsynced (lazyfs::clear-cache); workers, producer and ledger run elsewhere and stay up"
+)
+#: How long a node may take to boot again on what survived (RabbitMQ replays its logs).
+RESTART_TIMEOUT = 180.0
+#: In Redis' log when it refuses its AOF (it names the tool to repair it).
+AOF_REFUSED = "redis-check-aof"
+#: A broker log line's timestamp, level and Erlang pid (left out of the notes).
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:.+]+\s+(\[\w+\]\s+)?(<[\d.]+>\s+)?")
+#: Lines of redis-check-aof's output kept in the record.
+AOF_REPAIR_LINES = 12
+
+
+class PowerLoss(Scenario):
+    name = "power-loss"
+    description = (
+        "the broker's data on LazyFS; K times under load: kill -9 and drop what was not fsynced (a power cut), "
+        "restart on what is left"
+    )
+    #: Which cluster nodes lose power at each fault: "one" (the queue leader's) or "all".
+    victims: ClassVar[str] = "one"
+
+    def fault_period(self, setup: Setup, options: RunOptions) -> float:
+        return 5.0 if setup.broker == "redis" else 15.0
+
+    def run(self, ctx: ChaosRun) -> None:
+        reason = unavailable_reason()
+        if reason is not None:
+            raise LazyFSUnavailable(f"{self.name} needs LazyFS: {reason}")
+        mounts: dict[str, LazyFSMount] = {}
+
+        def on_lazyfs(node: Any) -> LazyFSMount:
+            mount = LazyFSMount(name=f"lazyfs-{node.name}").start()
+            mounts[node.name] = mount
+            node.data_mount = mount.path
+            if node.kind == "rabbitmq":
+                extra = "\n".join(part for part in (node.options.extra_config.strip(), RABBITMQ_CONFIG) if part)
+                node.options = replace(node.options, extra_config=extra)
+            return mount
+
+        ctx.stack.prepare_node = on_lazyfs
+        ctx.record.details["fault_model"] = FAULT_MODEL
+        ctx.record.details["victims"] = self.victims if self.cluster else "the broker"
+        start_stack(ctx)
+        # A node that has been up for a while has its boot files on disk.
+        for mount in mounts.values():
+            mount.checkpoint()
+        points = ctx.fault_points()
+        run_faulted_load(ctx, points, lambda ctx, n: self.inject(ctx, n, mounts))
+        broker_recovery_metrics(ctx)
+        describe_errors(ctx)
+        repairs = [f["aof_repair"] for f in ctx.record.faults if f.get("aof_repair")]
+        if repairs:
+            ctx.note(f"Redis refused {len(repairs)} AOF(s) after a power cut; redis-check-aof --fix repaired them")
+
+    def _victims(self, ctx: ChaosRun, n: int) -> list[Any]:
+        if not self.cluster:
+            assert ctx.stack.broker is not None
+            return [ctx.stack.broker]
+        cluster = ctx.stack.cluster
+        assert cluster is not None
+        if self.victims == "all":
+            return list(cluster.nodes)
+        leader = None
+        try:
+            leader = ctx.stack.queue_leader("default")
+        except Exception as exc:  # noqa: BLE001 - fall back to taking turns
+            ctx.note(f"could not find the queue leader: {exc!r}")
+        victim = next((node for node in cluster.nodes if node.node_name == leader), None)
+        return [victim if victim is not None else cluster.nodes[(n - 1) % len(cluster.nodes)]]
+
+    def inject(self, ctx: ChaosRun, n: int, mounts: dict[str, LazyFSMount]) -> dict[str, Any]:
+        victims = self._victims(ctx, n)
+        names = ", ".join(node.name for node in victims)
+        ctx.emit("fault", f"power cut {n}/{ctx.faults_total}: {names}", force=True)
+        killed_at = time.time()
+        for node in victims:
+            node.kill()
+        dead_at = time.time()
+        dropped = [mounts[node.name].clear_cache() for node in victims]
+        fault = fault_entry(ctx, n, "power-loss", names, killed_at)
+        fault.update(dead_at=dead_at, nodes=len(victims), clear_cache_s=max(dropped))
+        if ctx.options.down_seconds:
+            ctx.pause(ctx.options.down_seconds, "broker machine down")
+        ctx.emit("fault", f"power cut {n}/{ctx.faults_total}: booting again", force=True)
+        start_call = time.time()
+        for node in victims:
+            node.start()
+        for node in victims:
+            self._wait_booted(ctx, node, fault)
+        if self.cluster:
+            assert ctx.stack.cluster is not None
+            ctx.stack.cluster.wait_formed()
+        ready_at = time.time()
+        # One node of a cluster: the others kept serving, so recovery counts from the cut.
+        ref_at = dead_at if self.cluster and len(victims) < len(ctx.stack.broker_nodes) else ready_at
+        fault.update(ready_at=ready_at, restart_s=ready_at - start_call, down_s=ready_at - killed_at, ref_at=ref_at)
+        return fault
+
+    def _wait_booted(self, ctx: ChaosRun, node: Any, fault: dict[str, Any]) -> None:
+        """Wait until ``node`` serves again. What an operator would do when it will not: a Redis
+        that refuses its AOF gets ``redis-check-aof --fix``; a node that still does not boot on
+        what survived is started afresh on an emptied data directory (everything it held is
+        gone, and counted lost). The record says which happened."""
+        try:
+            node.wait_ready(RESTART_TIMEOUT)
+            return
+        except NodeError as exc:
+            error = str(exc)
+        node.kill()
+        # Redis' own words when it will not load an AOF: "Bad file format reading the append
+        # only file ... use ./redis-check-aof --fix".
+        if node.kind == "redis" and AOF_REFUSED in error and not fault.get("aof_repair"):
+            ctx.note(f"power cut {fault['n']}: Redis would not load its AOF; running redis-check-aof --fix")
+            fault["aof_repair"] = repair_aof(node).splitlines()[-AOF_REPAIR_LINES:]
+            node.start()
+            self._wait_booted(ctx, node, fault)
+            return
+        cause = _first_error(error)
+        ctx.note(
+            f"power cut {fault['n']}: {node.name} did not boot again on what survived ({cause}); its data "
+            "directory was emptied and it was started afresh, as an operator would to get service back"
+        )
+        fault.setdefault("not_booted", []).append({"node": node.name, "error": cause})
+        wipe_data(node)
+        node.start()
+        node.wait_ready(RESTART_TIMEOUT)
+
+
+def _first_error(text: str) -> str:
+    """The broker's first error line from a NodeError's log excerpt (else its first line)."""
+    lines = [_LOG_PREFIX.sub("", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    marker = next((i for i, line in enumerate(lines) if line.startswith("--- first error lines")), None)
+    if marker is not None and marker + 1 < len(lines):
+        return " ".join(lines[marker + 1 : marker + 4])[:300]
+    return lines[0][:300] if lines else "?"
+
+
+def wipe_data(node: Any) -> None:
+    """Empty a stopped node's data directory (through the mount: what is gone is gone for good)."""
+    mount = node.data_mount
+    assert mount is not None
+    for child in list(mount.iterdir()):
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    if node.kind == "rabbitmq" and node.driver == "process":
+        # The process node keeps its Mnesia base there (lab.harness.nodes.process).
+        (mount / "mnesia").mkdir(mode=0o777)
+        (mount / "mnesia").chmod(0o777)
+
+
+def repair_aof(node: Any) -> str:
+    """``redis-check-aof --fix`` on a stopped Redis node's AOF (answering its prompt with yes), on
+    the host for a process node, in a throw-away container of the node's image for a docker one."""
+    script = (
+        "cd /data/appendonlydir 2>/dev/null || cd /data; m=$(ls *.manifest 2>/dev/null | head -1); "
+        'echo y | redis-check-aof --fix "${m:-appendonly.aof}" 2>&1'
+    )
+    assert node.data_mount is not None
+    if node.driver == "process":
+        data = node.data_dir
+        done = subprocess.run(
+            ["sh", "-c", script.replace("/data", str(data))], capture_output=True, text=True, timeout=120
+        )
+        return done.stdout + done.stderr
+    from lab.harness.nodes.docker import REDIS_CONTAINER_DATA_DIR, docker_client
+
+    client = docker_client()
+    try:
+        out = client.containers.run(
+            node.image,
+            ["sh", "-c", script],
+            volumes={str(node.data_mount): {"bind": REDIS_CONTAINER_DATA_DIR, "mode": "rw"}},
+            remove=True,
+            user="root",
+        )
+        return out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+    finally:
+        client.close()
+
+
+class PowerLossNode(PowerLoss):
+    name = "power-loss-node"
+    description = "3-node RabbitMQ cluster on LazyFS: the queue leader's machine loses power K times under load"
+    cluster = True
+    victims = "one"
+
+
+class PowerLossAll(PowerLoss):
+    name = "power-loss-all"
+    description = "3-node RabbitMQ cluster on LazyFS: all three machines lose power at once, K times under load"
+    cluster = True
+    victims = "all"
+
+    def fault_period(self, setup: Setup, options: RunOptions) -> float:
+        return 30.0
