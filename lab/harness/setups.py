@@ -25,6 +25,11 @@ SCENARIO_NAMES = (
     "rolling-deploy",
     "broker-restart-mid-task",
     "idle-kill",
+    "failover",
+    "partition",
+    "power-loss",
+    "power-loss-node",
+    "power-loss-all",
 )
 
 #: Routine operations rather than crashes: a deploy, a broker maintenance restart, a worker that
@@ -33,7 +38,19 @@ ROUTINE = ("rolling-deploy", "broker-restart-mid-task", "idle-kill")
 #: The routine operations that touch only workers (the broker keeps running).
 _WORKER_ONLY = ("rolling-deploy", "idle-kill")
 
-_SINGLE_NODE = ("broker-kill", "broker-restart", "worker-kill", "producer-outage", "publish-kill", *ROUTINE)
+#: A machine crash (lab.experiments.chaos.scenarios.power_loss): the broker's data on LazyFS.
+POWER_LOSS = "power-loss"
+#: The same on the 3-node quorum cluster: one node's machine, or all three at once.
+CLUSTER_POWER_LOSS = ("power-loss-node", "power-loss-all")
+
+_SINGLE_NODE = ("broker-kill", "broker-restart", "worker-kill", "producer-outage", "publish-kill", *ROUTINE, POWER_LOSS)
+
+#: High availability: the primary or queue leader is killed, or cut off from its peers (Sentinel
+#: groups and RabbitMQ clusters, cluster_size nodes).
+HA_SCENARIOS = ("failover", "partition")
+#: RabbitMQ clusters: a node that sees itself in a minority stops serving (the recommended
+#: setting for 3+ nodes), so a split never leaves two sides taking work.
+PAUSE_MINORITY = "cluster_partition_handling = pause_minority"
 
 GUARANTEE_NO_LOSS = "lost == 0"
 GUARANTEE_EXACTLY_ONCE = "lost == 0, duplicated == 0"
@@ -64,6 +81,11 @@ class Setup:
     cluster_size: int = 1
     #: Scenarios in which it also guarantees ``duplicated == 0``: no task runs twice.
     promises_no_duplicates: frozenset[str] = frozenset()
+    #: Redis with cluster_size > 1 (a Sentinel group): every data node refuses writes unless this
+    #: many replicas acknowledged replication within ``min_replicas_max_lag`` seconds
+    #: (``min-replicas-to-write``; 0: off, Redis' default).
+    min_replicas_to_write: int = 0
+    min_replicas_max_lag: int = 10
 
     def __post_init__(self) -> None:
         unknown = set(self.scenarios) - set(SCENARIO_NAMES)
@@ -204,11 +226,63 @@ SETUPS: dict[str, Setup] = {
             description="RabbitMQ quorum queues with publisher confirms (3 nodes for node-loss)",
             rabbit=RabbitOptions(),
             settings=_settings(rabbitmq_queue_type="quorum", rabbitmq_confirm_publish=True),
-            scenarios=(*_SINGLE_NODE, "node-loss"),
-            promises_no_loss=frozenset({*_SINGLE_NODE, "node-loss"}),
+            scenarios=(*_SINGLE_NODE, "node-loss", *CLUSTER_POWER_LOSS),
+            promises_no_loss=frozenset({*_SINGLE_NODE, "node-loss", *CLUSTER_POWER_LOSS}),
             promises_no_duplicates=frozenset(ROUTINE),
             guarantee="a confirm means a majority of the queue's replicas have the message on disk; routine "
             "operations repeat nothing, as for rabbitmq-confirms",
+            cluster_size=3,
+        ),
+        Setup(
+            name="redis-sentinel",
+            broker="redis",
+            description="Redis primary + 2 replicas + 3 Sentinels (default asynchronous replication, AOF everysec)",
+            redis=RedisOptions(appendonly=True, appendfsync="everysec"),
+            scenarios=HA_SCENARIOS,
+            promises_no_loss=frozenset(),
+            guarantee="none across a failover: a write is acknowledged by the primary alone and replicated "
+            "afterwards, so what the old primary acknowledged and had not sent on is gone once a replica is "
+            "promoted; in a partition, the isolated primary keeps accepting writes that the heal discards",
+            cluster_size=3,
+        ),
+        Setup(
+            name="redis-sentinel-wait",
+            broker="redis",
+            description="the same with min-replicas-to-write 1, min-replicas-max-lag 2 on every data node",
+            redis=RedisOptions(appendonly=True, appendfsync="everysec"),
+            scenarios=HA_SCENARIOS,
+            promises_no_loss=frozenset(),
+            guarantee="a bounded window, not a promise: a primary that has heard from no replica for 2 s refuses "
+            "writes (NOREPLICAS), so an isolated primary stops accepting after ~2 s; a write it accepts is still "
+            "replicated asynchronously and can be lost in a failover (only WAIT after each publish would say "
+            "a replica has it)",
+            cluster_size=3,
+            min_replicas_to_write=1,
+            min_replicas_max_lag=2,
+        ),
+        Setup(
+            name="rabbitmq-quorum-cluster",
+            broker="rabbitmq",
+            description="3 RabbitMQ nodes, quorum queues, publisher confirms, pause_minority",
+            rabbit=RabbitOptions(extra_config=PAUSE_MINORITY),
+            settings=_settings(rabbitmq_queue_type="quorum", rabbitmq_confirm_publish=True),
+            scenarios=HA_SCENARIOS,
+            promises_no_loss=frozenset(HA_SCENARIOS),
+            guarantee="a confirm means a majority of the queue's replicas have the message on disk: losing or "
+            "isolating one node of three loses nothing; an isolated node pauses (pause_minority) and its "
+            "clients move to the majority",
+            cluster_size=3,
+        ),
+        Setup(
+            name="rabbitmq-classic-cluster",
+            broker="rabbitmq",
+            description="3 RabbitMQ nodes, classic durable queues (one node holds each), confirms, pause_minority",
+            rabbit=RabbitOptions(extra_config=PAUSE_MINORITY),
+            settings=_settings(rabbitmq_queue_type="classic", rabbitmq_confirm_publish=True),
+            scenarios=HA_SCENARIOS,
+            promises_no_loss=frozenset(),
+            guarantee="none: each queue lives on one node, unreplicated; while that node is down or cut off its "
+            "queues are unavailable: publishing to them and consuming from them stop until it is back",
             cluster_size=3,
         ),
     )

@@ -1,6 +1,7 @@
 """Everything one chaos run starts, in one place, and stopped for sure.
 
-A :class:`Stack` owns the broker under test (one node, or a RabbitMQ cluster), an auxiliary Redis
+A :class:`Stack` owns the broker under test (one node, a RabbitMQ cluster, or a Redis Sentinel
+group: a primary, its replicas and three Sentinels, for a Redis setup of cluster_size > 1), an auxiliary Redis
 node that is never killed (Celery results and the execution ledger), the ``celery worker``
 processes and the API. ``close()`` stops all of it, newest first, whatever state the run is in;
 it may be called any number of times.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.harness.nodes import BrokerNode, DriverName, RabbitCluster, make_node
+from lab.harness.nodes.sentinel import SentinelGroup
 from lab.harness.processes import ApiServer, CeleryWorker, ManagedProcess
 from lab.harness.settings import settings_for
 from lab.harness.setups import Setup
@@ -39,6 +41,7 @@ class Stack:
         self.use_cluster = cluster
         self.broker: BrokerNode | None = None
         self.cluster: RabbitCluster | None = None
+        self.sentinel: SentinelGroup | None = None
         self.aux: BrokerNode | None = None
         self.settings: Settings | None = None
         self.workers: list[CeleryWorker] = []
@@ -47,14 +50,31 @@ class Stack:
         self._resources: list[tuple[str, Any]] = []
         self._closed = False
         self._worker_seq = 0
+        #: Called with every broker node before its first start (power-loss puts the node's data
+        #: on a LazyFS mount); what it returns is closed right after that node.
+        self.prepare_node: Callable[[BrokerNode], Any] | None = None
 
     # --- starting --------------------------------------------------------------------------------
 
     def start_nodes(self, *, aux: bool = True) -> None:
         """Start the broker (or cluster) and, if asked, the auxiliary Redis; wait until ready."""
         setup = self.setup
-        if self.use_cluster:
+        if self.use_cluster and setup.broker == "redis":
+            self.sentinel = SentinelGroup(
+                setup.cluster_size,
+                self.driver,
+                setup.redis,
+                min_replicas_to_write=setup.min_replicas_to_write,
+                min_replicas_max_lag=setup.min_replicas_max_lag,
+            )
+            self._resources.append(("sentinel group", self.sentinel))
+            if aux:
+                self._start_aux()
+            self.sentinel.start()
+        elif self.use_cluster:
             self.cluster = RabbitCluster(setup.cluster_size, self.driver, rabbit=setup.rabbit)
+            for member in self.cluster.nodes:
+                self._prepare_node(member)
             self._resources.append(("cluster", self.cluster))
             if aux:
                 self._start_aux()
@@ -62,6 +82,7 @@ class Stack:
         else:
             options: dict[str, Any] = {"redis": setup.redis} if setup.broker == "redis" else {"rabbit": setup.rabbit}
             self.broker = make_node(setup.broker, self.driver, **options)
+            self._prepare_node(self.broker)
             self._resources.append(("broker", self.broker))
             # Boot both at once (a container start returns before the broker is ready).
             self.broker.start()
@@ -70,6 +91,12 @@ class Stack:
             self.broker.wait_ready()
         if self.aux is not None:
             self.aux.wait_ready()
+
+    def _prepare_node(self, node: BrokerNode) -> None:
+        if self.prepare_node is not None:
+            resource = self.prepare_node(node)
+            if resource is not None:
+                self._resources.append(("broker data", resource))
 
     def _start_aux(self) -> None:
         self.aux = make_node("redis", self.driver)
@@ -80,12 +107,16 @@ class Stack:
     def broker_nodes(self) -> list[BrokerNode]:
         if self.cluster is not None:
             return list(self.cluster.nodes)
+        if self.sentinel is not None:
+            return list(self.sentinel.nodes)
         return [self.broker] if self.broker is not None else []
 
     @property
     def broker_url(self) -> str:
         if self.cluster is not None:
             return self.cluster.url
+        if self.sentinel is not None:
+            return self.sentinel.url
         assert self.broker is not None
         return self.broker.url
 
@@ -99,6 +130,16 @@ class Stack:
                 broker_profile="rabbitmq",
                 rabbitmq_url=self.cluster.url,
                 redis_url=self.aux.url,
+                **values,
+            )
+        elif self.sentinel is not None:
+            # The app finds the primary through the sentinels, as a deployment does.
+            self.settings = load_settings(
+                environment="test",
+                broker_profile="redis",
+                redis_url=self.sentinel.url,
+                redis_sentinel_master=self.sentinel.master,
+                result_backend_url=self.aux.url,
                 **values,
             )
         else:
@@ -153,6 +194,8 @@ class Stack:
 
     def pending_messages(self) -> int:
         """Messages the broker still holds in the work queues, delivered-but-unacked included."""
+        if self.sentinel is not None:
+            return redis_pending(self.sentinel.primary_url)
         if self.setup.broker == "redis":
             return redis_pending(self.broker_url)
         return sum(self.rabbit_queue_depths().get(q, 0) for q in WORK_QUEUES)
@@ -163,9 +206,9 @@ class Stack:
         out = node.rabbitmqctl("list_queues", "-q", "-p", vhost, "--formatter", "json", "name", "messages")
         return {row["name"]: int(row.get("messages") or 0) for row in json.loads(out or "[]")}
 
-    def queue_leader(self, queue: str) -> str | None:
-        """Erlang node name of a quorum queue's leader, as a running member reports it."""
-        node = self.running_broker_node()
+    def queue_leader(self, queue: str, via: Any = None) -> str | None:
+        """Erlang node name of a quorum queue's leader, as a running member (or ``via``) reports it."""
+        node = via if via is not None else self.running_broker_node()
         vhost = self.setup.rabbit.vhost if self.setup.rabbit else "/"
         out = node.rabbitmqctl("list_queues", "-q", "-p", vhost, "--formatter", "json", "name", "leader")
         for row in json.loads(out or "[]"):
@@ -181,7 +224,7 @@ class Stack:
             return None
         node: Any = self.broker
         if node.driver == "process":
-            files = sorted(p for p in (node.dir / "data").rglob("*") if p.is_file() and "appendonly" in p.name)
+            files = sorted(p for p in node.data_dir.rglob("*") if p.is_file() and "appendonly" in p.name)
             return b"".join(p.read_bytes() for p in files)
         import io
         import tarfile

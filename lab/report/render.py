@@ -11,6 +11,8 @@ from typing import Any
 from lab.experiments.chaos.record import summary_row
 from lab.harness.setups import DEFAULT_TRANSPORT, ROUTINE, SCENARIO_NAMES, SETUPS
 from lab.report import charts
+from lab.report.failover import failover_section
+from lab.report.power_loss import power_loss_section
 from lab.report.sources import (
     PUBLISHED_MIN_CHAOS_TASKS,
     PUBLISHED_MIN_ROUTINE_FAULTS,
@@ -187,6 +189,8 @@ class Report:
             self.answers(),
             self.opinions(),
             self.durability(),
+            failover_section(self),
+            power_loss_section(self),
             self.soak(),
             self.speed(),
             self.priority(),
@@ -307,7 +311,7 @@ class Report:
         return max(candidates, key=lambda c: c[2]) if candidates else None
 
     def _answer_persistence(self) -> str:
-        return "; ".join(self._lost("broker-kill", setup) for setup in SETUPS) + (
+        return "; ".join(self._lost("broker-kill", s) for s in SETUPS if SETUPS[s].applies_to("broker-kill")) + (
             " (acknowledged tasks, `kill -9` of the broker under load)"
         )
 
@@ -407,6 +411,8 @@ class Report:
         # The transport column appears once kombu's transport was measured: then each Redis row of
         # brokerstack's transport has kombu's beside it.
         with_transport = any(r["transport"] not in (None, DEFAULT_TRANSPORT) for r in fixed)
+        # Likewise duplicated effects (docs/idempotency.md), once a record counted them.
+        with_effects = any(r.get("duplicated_effects") is not None for r in fixed)
         rows = []
         for setup in SETUPS:
             for scenario in SCENARIO_NAMES:
@@ -426,6 +432,7 @@ class Report:
                             n(row["acknowledged"]),
                             n(row["lost"]),
                             n(row["duplicated"]),
+                            *([n(row.get("duplicated_effects"))] if with_effects else []),
                             n(row["recovered"]),
                             secs(row["redelivery_s"]),
                             secs(row["recovery_s"]),
@@ -438,7 +445,14 @@ class Report:
             "## Durability: what each setup kept when things were killed",
             "",
             "Counted as Jepsen's queue checker does, from a ledger outside the broker: *lost* = acknowledged to the "
-            "producer but never executed; *duplicated* = executed more than once; *recovered* = executed although "
+            "producer but never executed; *duplicated* = executed more than once; "
+            + (
+                "*duplicated effects* = an effect seen more than once (tasks with `base=IdempotentTask` count "
+                "committed effects, others every run: docs/idempotency.md); "
+                if with_effects
+                else ""
+            )
+            + "*recovered* = executed although "
             "the publish was not acknowledged. Redelivery delay is the longest wait from a worker's `kill -9` to its "
             "task running again; recovery is the longest wait from the broker being back to the producer (or API) "
             "being accepted again. *Promise held* is whether the setup's guarantee for that scenario held.",
@@ -453,6 +467,7 @@ class Report:
                     "acknowledged",
                     "lost",
                     "duplicated",
+                    *(["duplicated effects"] if with_effects else []),
                     "recovered",
                     "redelivery delay",
                     "recovery",

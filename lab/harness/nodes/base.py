@@ -14,6 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 from urllib.parse import quote
 
@@ -276,6 +277,10 @@ class BrokerNode(ABC):
         self.name = check_name(name)
         self._version: str | None = None
         self._closed = False
+        #: A host directory to keep the broker's data in instead of the node's own (e.g. a
+        #: lab.harness.nodes.lazyfs mount, for power-loss runs); set before the first start. The
+        #: node never removes it: whoever made it does.
+        self.data_mount: Path | None = None
         track(self)
 
     # -- addresses -------------------------------------------------------

@@ -1,7 +1,18 @@
-"""A RabbitMQ cluster of N nodes (quorum-queue node-loss scenarios).
+"""A RabbitMQ cluster of N nodes (node-loss, failover and partition scenarios).
 
 Nodes find each other through classic_config peer discovery; start() waits
 until cluster_status on the first node lists every member as running.
+
+Docker topology (so that one node can be cut off from its peers while clients
+still reach it): the nodes meet on an *internal* network of the cluster's own,
+where their names resolve (Erlang distribution, rabbit@<name>); each is also
+attached to Docker's default bridge, which carries its published AMQP port
+(127.0.0.1:<port>) and nothing else: names do not resolve there and no node
+knows another's address on it. An internal network has no gateway, so it never
+carries published ports. partition(node) disconnects the node from the
+internal network; heal() reattaches it under the same alias. The nodes run
+with a short net_ticktime (NET_TICKTIME), so a cut is noticed in seconds rather
+than a minute. The process driver's nodes share 127.0.0.1: it cannot partition.
 """
 
 from __future__ import annotations
@@ -22,6 +33,12 @@ FORMATION_TIMEOUT = 90.0
 
 #: Pause between cluster_status calls (each one boots an Erlang CLI VM).
 FORMATION_POLL_INTERVAL = 1.0
+
+#: Docker nodes: seconds of silence after which an Erlang peer counts as down (Erlang's default
+#: is 60, i.e. a partition noticed after 45-75 s); pause_minority acts on it.
+NET_TICKTIME = 10
+#: Docker's default bridge: the clients' path to every node (see the module docstring).
+CLIENT_NETWORK = "bridge"
 
 
 class RabbitCluster:
@@ -82,15 +99,14 @@ class RabbitCluster:
         ]
 
     def _docker_nodes(self) -> list[Any]:
-        from .docker import DockerRabbitNode, create_network
+        from lab.harness.network import create_network
 
-        self._network = create_network(self.name)
+        self._network = create_network(self.name, internal=True)
         cookie = "".join(secrets.choice(string.ascii_uppercase) for _ in range(32))
         names = [f"{self.name}-{i}" for i in range(1, self.size + 1)]
         peers = [f"rabbit@{n}" for n in names]
-        return [
-            DockerRabbitNode(n, self.options, network=self._network, cookie=cookie, cluster_nodes=peers) for n in names
-        ]
+        node_class = _partitionable_rabbit_class()
+        return [node_class(n, self.options, network=self._network, cookie=cookie, cluster_nodes=peers) for n in names]
 
     # -- addresses -------------------------------------------------------
     @property
@@ -147,7 +163,13 @@ class RabbitCluster:
 
         def formed() -> bool:
             nonlocal seen
-            seen = self.running_nodes(via=members[0])
+            try:
+                seen = self.running_nodes(via=members[0])
+            except NodeError as exc:
+                # A node paused by pause_minority (or still booting its app) answers the CLI
+                # but not cluster_status: not formed yet.
+                seen = [f"({exc})".splitlines()[0]]
+                return False
             return seen == want
 
         poll(
@@ -157,6 +179,20 @@ class RabbitCluster:
             f"cluster {self.name} formation ({len(want)} nodes)",
             on_timeout=lambda: f"wanted {want}, last saw {seen}\n{members[0]._log_excerpt()}",
         )
+
+    # -- partitions ------------------------------------------------------
+    @property
+    def can_partition(self) -> bool:
+        return self.driver == "docker"
+
+    def partition(self, node: Any) -> Any:
+        """Cut ``node`` off from its peers (docker; see the module docstring); its clients still
+        reach it. Returns a lab.harness.network.Partition whose heal() reattaches it."""
+        from lab.harness.network import PROCESS_CANNOT_PARTITION, Link, PartitionError, cut
+
+        if not self.can_partition:
+            raise PartitionError(PROCESS_CANNOT_PARTITION)
+        return cut([Link(self._network.name, node.name, aliases=(node.name,))])
 
     def close(self) -> None:
         """Remove every node and the cluster's shared resources; idempotent."""
@@ -174,9 +210,7 @@ class RabbitCluster:
             if self._epmd is not None:
                 self._epmd.close()
             if self._network is not None:
-                from .docker import remove_network
-
-                remove_network(self._network)
+                self._network.remove()
         finally:
             if self._dir is not None:
                 shutil.rmtree(self._dir, ignore_errors=True)
@@ -196,3 +230,27 @@ class RabbitCluster:
 
     def __repr__(self) -> str:
         return f"<RabbitCluster {self.name} {self.driver} x{self.size}>"
+
+
+def _partitionable_rabbit_class() -> type:
+    """DockerRabbitNode on the cluster's internal network plus the clients' bridge (built lazily:
+    the docker driver's module needs the Docker SDK)."""
+    from .docker import DockerRabbitNode, docker_client
+
+    class PartitionableRabbitNode(DockerRabbitNode):
+        def _build(self) -> Any:
+            container = super()._build()
+            container.with_env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", f"-kernel net_ticktime {NET_TICKTIME}")
+            return container
+
+        def _create_and_start(self) -> None:
+            super()._create_and_start()
+            # Right after the start, long before the broker listens: wait_ready() polls the
+            # published port, which only exists once the bridge is attached.
+            client = docker_client()
+            try:
+                client.networks.get(CLIENT_NETWORK).connect(self.name)
+            finally:
+                client.close()
+
+    return PartitionableRabbitNode

@@ -69,6 +69,9 @@ STATE_TIMEOUT = 30.0
 RABBIT_CONF_D_FILE = "/etc/rabbitmq/conf.d/90-brokerstack.conf"
 RABBIT_PLUGINS_FILE = "/etc/rabbitmq/enabled_plugins"
 RABBIT_COOKIE_FILE = "/var/lib/rabbitmq/.erlang.cookie"
+#: The images' data directories (what BrokerNode.data_mount is bound to).
+RABBIT_MNESIA_DIR = "/var/lib/rabbitmq/mnesia"
+REDIS_CONTAINER_DATA_DIR = "/data"
 
 _BROKER_COMMS = {"redis": ("redis-server",), "rabbitmq": ("beam.smp",)}
 
@@ -320,6 +323,8 @@ class DockerRedisNode(RedisEndpoints, DockerNode):
         # (address, port) pins the published port to loopback; testcontainers'
         # with_bind_ports() would publish on 0.0.0.0.
         container.ports[f"{REDIS_CONTAINER_PORT}/tcp"] = (LOOPBACK, self._port)
+        if self.data_mount is not None:
+            container.with_volume_mapping(str(self.data_mount), REDIS_CONTAINER_DATA_DIR, "rw")
         if self.tls is not None:
             # World-readable: the image runs redis-server as its own user. Throw-away test keys only.
             for source, target in (
@@ -383,6 +388,9 @@ class DockerRabbitNode(RabbitEndpoints, DockerNode):
         )
         if self.cookie is not None:
             container.with_copy_into_container(self.cookie.encode(), RABBIT_COOKIE_FILE, 0o400)
+        if self.data_mount is not None:
+            # Only the message store and schema database: the cookie and config stay in the image's dirs.
+            container.with_volume_mapping(str(self.data_mount), RABBIT_MNESIA_DIR, "rw")
         return container
 
     def _probe(self) -> str:

@@ -394,13 +394,18 @@ class ProcessRedisNode(RedisEndpoints, ProcessNode):
         if binary is None:
             raise NodeError("redis-server not found (install redis-server or set BROKERSTACK_REDIS_SERVER)")
         self._binary = binary
-        data_dir = self.dir / "data"
+        data_dir = self.data_dir
         data_dir.mkdir(exist_ok=True)
         (self.dir / "redis.conf").write_text(
             render_redis_conf(
                 self.options, port=self._port, data_dir=data_dir, tls=self.tls, tls_auth_clients=self.tls_auth_clients
             )
         )
+
+    @property
+    def data_dir(self) -> Path:
+        """Where Redis keeps its AOF/RDB: ``data`` in the node's dir, or on ``data_mount``."""
+        return (self.data_mount if self.data_mount is not None else self.dir) / "data"
 
     def _command(self) -> tuple[list[str], dict[str, str] | None, str | None]:
         return [self._binary, str(self.dir / "redis.conf")], None, None
@@ -577,6 +582,9 @@ class ProcessRabbitNode(RabbitEndpoints, ProcessNode):
         self._script = script
         for sub in ("mnesia", "log", "conf.d"):
             (self.dir / sub).mkdir(exist_ok=True)
+        if self.data_mount is not None:
+            (self.data_mount / "mnesia").mkdir(exist_ok=True)
+            _chown_tree(self.data_mount / "mnesia", _rabbit_account())
         (self.dir / "rabbitmq.conf").write_text(
             render_rabbitmq_conf(self.options, management_port=self._management_port, cluster_nodes=self.cluster_nodes)
         )
@@ -593,6 +601,8 @@ class ProcessRabbitNode(RabbitEndpoints, ProcessNode):
             home=self._erlang_home,
             path=os.environ.get("PATH", "/usr/bin:/bin"),
         )
+        if self.data_mount is not None:
+            self._env["RABBITMQ_MNESIA_BASE"] = str(self.data_mount / "mnesia")
         _chown_tree(self.dir, _rabbit_account())
 
     def _before_start(self) -> None:

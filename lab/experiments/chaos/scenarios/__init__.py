@@ -16,6 +16,13 @@ from the ledger.
 * ``node-loss``       a 3-node RabbitMQ cluster with quorum queues; one node (the queue leader's)
                       is killed under load and restarted.
 
+High availability (lab.experiments.chaos.scenarios.ha: a Redis Sentinel group or a 3-node
+RabbitMQ cluster):
+
+* ``failover``        kill -9 the Redis primary / the node leading the work queue, K times under
+                      load; a replica is promoted / a leader elected; the node rejoins.
+* ``partition``       cut that node off from its peers while clients still reach it, then heal.
+
 Routine operations, where a consumer is idle or shuts down on purpose rather than crashing under
 steady load (where deferred work such as an ack always gets out):
 
@@ -27,12 +34,20 @@ steady load (where deferred work such as an ack always gets out):
 
 ``worker-kill`` also has a soak mode (``RunOptions.duration``): hard worker kills at seeded random
 intervals under steady load until the time is up; Ctrl-C ends it early and still drains and counts.
+
+Machine crashes (lab.experiments.chaos.scenarios.power_loss: the broker's data on LazyFS):
+
+* ``power-loss``      K power cuts of the broker's machine (kill -9, then every byte not fsynced is
+                      dropped), restart on what is left.
+* ``power-loss-node`` / ``power-loss-all``  the 3-node quorum cluster: one machine, or all three.
 """
 
 from __future__ import annotations
 
 from lab.experiments.chaos.scenarios.base import Scenario
 from lab.experiments.chaos.scenarios.broker_faults import BrokerKill, BrokerRestart, NodeLoss
+from lab.experiments.chaos.scenarios.ha import Failover, Partition
+from lab.experiments.chaos.scenarios.power_loss import PowerLoss, PowerLossAll, PowerLossNode
 from lab.experiments.chaos.scenarios.producer_faults import ProducerOutage, PublishKill
 from lab.experiments.chaos.scenarios.routine import BrokerRestartMidTask, IdleKill, RollingDeploy
 from lab.experiments.chaos.scenarios.worker_kill import WorkerKill
@@ -50,6 +65,11 @@ SCENARIOS: dict[str, Scenario] = {
         RollingDeploy(),
         BrokerRestartMidTask(),
         IdleKill(),
+        Failover(),
+        Partition(),
+        PowerLoss(),
+        PowerLossNode(),
+        PowerLossAll(),
     )
 }
 
