@@ -238,8 +238,11 @@ def test_cluster_nodes_refuse_a_development_cookie_in_production(cookie: str, tm
 
 
 # --- a stack that runs ---------------------------------------------------------------------------
+# Each HA stack takes 2-6 minutes to come up and fail over on a 2-core machine: these run with
+# `make test-compose` (and `make test-slow`), not in the default suite.
 
 
+@pytest.mark.slow
 def test_stack_is_up_healthy_and_formed(stack: ComposeStack, api: httpx.Client) -> None:
     assert stack.all_healthy()
     for service in stack.spec.services:
@@ -280,6 +283,7 @@ def test_stack_is_up_healthy_and_formed(stack: ComposeStack, api: httpx.Client) 
                 assert info["type"] == "quorum" and sorted(info["members"]) == expected, info
 
 
+@pytest.mark.slow
 def test_production_refuses_the_development_credentials(stack: ComposeStack) -> None:
     """The compose defaults with ENVIRONMENT=production: the settings check names every one."""
     env = {k: v for k, v in stack.env.items() if k not in (*CREDENTIAL_VARIABLES, *HA_SECRET_VARIABLES)}
@@ -300,6 +304,7 @@ def test_production_refuses_the_development_credentials(stack: ComposeStack) -> 
         assert variable in messages[0], messages[0]
 
 
+@pytest.mark.slow
 def test_tasks_keep_completing_when_a_node_dies(stack: ComposeStack, api: httpx.Client) -> None:
     """kill -9 of the Redis primary (Sentinel promotes a replica) / of the RabbitMQ node the clients
     are connected to (they fail over to the next URL, quorum queues elect new leaders): tasks keep
