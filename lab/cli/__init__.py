@@ -14,10 +14,11 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Mount the lab's commands on the root ``brokerstack`` command."""
-    from lab.cli import bench, chaos, priority, report, task_cost
+    from lab.cli import bench, chaos, priority, report, sizing, task_cost
 
     app.add_typer(chaos.app, name="chaos")
     app.command("bench")(bench.bench)
     app.command("priority")(priority.priority)
     app.command("report")(report.report)
     app.command("task-cost")(task_cost.task_cost)
+    app.command("sizing")(sizing.sizing)

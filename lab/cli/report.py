@@ -45,3 +45,7 @@ def report(
 
     if page := write_task_cost(root, output.parent / "task-cost.md"):
         typer.echo(f"wrote {page} from the task-cost records")
+    from lab.report.sizing import write_sizing
+
+    if page := write_sizing(root, output.parent / "sizing.md"):
+        typer.echo(f"wrote {page} from the sizing records")
