@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 PYTEST  := $(PY) -m pytest
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: test test-fast test-unit test-integration test-process test-chaos test-compose lint format venv clean-nodes measure
+.PHONY: test test-slow test-fast test-unit test-integration test-process test-chaos test-compose lint format venv clean-nodes measure
 
 venv: $(STAMP)
 
@@ -51,6 +51,10 @@ test-chaos: venv
 test-compose: venv
 	$(PYTEST) tests/compose -m compose
 
+# Only the runs kept out of `make test` for their length (HA stacks, the quick bench, soaks).
+test-slow: venv
+	$(PYTEST) tests -m slow
+
 # The measured runs behind docs/ops-comparison.md (well over an hour on a 2-core machine), then the doc.
 measure: venv
 	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario broker-kill --scenario broker-restart --scenario worker-kill --scenario producer-outage --scenario publish-kill --scenario node-loss
@@ -61,6 +65,7 @@ measure: venv
 	$(PY) -m services.cli bench
 	$(PY) -m services.cli priority
 	$(PY) -m services.cli task-cost
+	$(PY) -m services.cli sizing
 	$(PY) -m services.cli report --min-chaos-tasks 5000
 
 # Leftover broker containers/processes of a crashed run.

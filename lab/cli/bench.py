@@ -128,6 +128,8 @@ def bench(
         out.print(summary_table(records))
         if any((r.get("end_to_end") or {}).get("comparison") for r in records):
             out.print(transport_table(records))
+        for line in raw_verdict_lines(records):
+            out.print(line)
         for record in records:
             if record.get("path"):
                 console.print(f"record: {record['path']}")
@@ -222,9 +224,9 @@ def summary_table(records: list[dict[str, Any]]) -> Table:
             r["setup"]
             + (f" ({r['transport']})" if r.get("transport") else "")
             + ("" if r.get("status") == "completed" else f" [red]({r.get('status')})"),
-            _fmt((raw.get("publish") or {}).get("per_s")),
-            _fmt(ratios.get("raw_publish_per_s")),
-            _fmt(ratios.get("raw_consume_per_s")),
+            _spread_cell(raw.get("publish") or {}),
+            _spread_cell(raw.get(ratios.get("raw_publish_basis") or "publish") or {}),
+            _spread_cell(raw.get(ratios.get("raw_consume_basis") or "consume") or {}),
             *(_pool_cell(pools, ratios, pool) for pool in POOLS),
             f"{_fmt(best_ratio, 2)} / {_fmt(ratios.get('goal_e2e_vs_raw_consume'), 1)}",
             _fmt(enqueue),
@@ -252,6 +254,18 @@ def _top_api_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     level = max(run["concurrency"] for run in runs)
     chosen = [run for run in runs if run["uvicorn_workers"] == workers and run["concurrency"] == level]
     return sorted(chosen, key=lambda run: run.get("confirm_publish") is False)
+
+
+def raw_verdict_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Per setup, the raw comparisons (confirms, pipelining, batching) with their verdict: a pair
+    whose ranges overlap reads "no difference", whatever its ratio."""
+    lines = []
+    for r in records:
+        verdicts = (r.get("ratios") or {}).get("raw_verdicts") or {}
+        if verdicts:
+            pairs = "; ".join(f"{pair} {_fmt(v.get('ratio'), 2)}x: {v.get('verdict')}" for pair, v in verdicts.items())
+            lines.append(escape(f"raw {r['setup']}: {pairs}"))
+    return lines
 
 
 def _spread_cell(side: dict[str, Any]) -> str:

@@ -34,6 +34,13 @@ def _drain(record: dict[str, Any], pool: str, *, defaults: bool) -> dict[str, An
     return section.get("consume") or {}
 
 
+def _ceiling(record: dict[str, Any]) -> dict[str, Any]:
+    """The raw consume the record's ratios are taken against (its best client; ``consume`` in records
+    from before the ceiling was the best client)."""
+    basis = (record.get("ratios") or {}).get("raw_consume_basis") or "consume"
+    return (record.get("raw") or {}).get(basis) or {}
+
+
 def throughput_chart(bench: list[dict[str, Any]], path: Path) -> Path | None:
     """Per setup: the raw consume ceiling, then for every pool measured the fire-and-forget drain
     (solid) beside the defaults drain users run (hatched); whiskers are the repetitions' range. Log
@@ -43,7 +50,7 @@ def throughput_chart(bench: list[dict[str, Any]], path: Path) -> Path | None:
     pools = _pools_present(bench)
     setups = [r["setup"] for r in bench]
     bars: list[tuple[str, list[dict[str, Any]], dict[str, Any]]] = [
-        ("raw client consume", [r["raw"].get("consume") or {} for r in bench], {"color": "0.55"})
+        ("raw client consume", [_ceiling(r) for r in bench], {"color": "0.55"})
     ]
     colours = plt.get_cmap("tab10")
     for i, pool in enumerate(pools):

@@ -121,3 +121,41 @@ def test_a_single_transport_run_never_replaces_the_side_by_side_record() -> None
     assert record_name("redis-everysec", "docker", "full", ("brokerstack", "kombu")) == "redis-everysec-docker"
     assert record_name("redis-everysec", "docker", "quick", ("kombu",)) == "redis-everysec-docker-quick-kombu"
     assert record_name("rabbitmq-confirms", "process", "full") == "rabbitmq-confirms-process"
+
+
+def test_the_raw_ceiling_is_the_median_of_alternated_runs_of_the_best_client() -> None:
+    from lab.experiments.bench import raw
+    from lab.experiments.bench.runner import compute_ratios
+
+    def run(publish: float, batched: float) -> dict[str, Any]:
+        return {
+            "client": "redis-py",
+            "publish_pipelined": {"messages": 100, "seconds": 100 / publish, "per_s": publish},
+            "consume": {"messages": 100, "seconds": 1.0, "per_s": 100.0},
+            "consume_batched": {"messages": 100, "seconds": 100 / batched, "per_s": batched},
+        }
+
+    section = raw.repeated([run(900.0, 5000.0), run(1000.0, 4000.0), run(1100.0, 6000.0)])
+    assert section["repeats"] == 3 and section["client"] == "redis-py"
+    batched = section["consume_batched"]
+    assert (batched["per_s"], batched["per_s_min"], batched["per_s_max"]) == (5000.0, 4000.0, 6000.0)
+    record: dict[str, Any] = {"broker": "redis", "raw": section, "end_to_end": {"pools": {}}, "parameters": {}}
+    ratios = compute_ratios(record)
+    assert (ratios["raw_consume_basis"], ratios["raw_consume_per_s"]) == ("consume_batched", 5000.0)
+    assert (ratios["raw_publish_basis"], ratios["raw_publish_per_s"]) == ("publish_pipelined", 1000.0)
+    # RabbitMQ: confirms in a window where the setup confirms, plain publishes where it does not.
+    assert raw.ceiling_keys("rabbitmq", True) == ("publish_confirm_pipelined", "consume_batched")
+    assert raw.ceiling_keys("rabbitmq", False) == ("publish", "consume_batched")
+    # Batching gains outside the noise here; pipelined publishes do not (the ranges overlap).
+    verdicts = ratios["raw_verdicts"]
+    assert verdicts["consume_batched vs consume"]["verdict"] == "consume_batched faster"
+    section["publish"] = median_of_runs([{"per_s": v} for v in (950.0, 1050.0, 1000.0)])
+    verdicts = compute_ratios({**record, "raw": section})["raw_verdicts"]
+    assert verdicts["publish_pipelined vs publish"]["verdict"] == "no difference"
+    # A record from before the batched ceiling keeps the figures it has.
+    old = {**record, "raw": {"consume": {"per_s": 100.0}, "publish": {"per_s": 50.0}}}
+    assert compute_ratios(old)["raw_consume_basis"] == "consume"
+
+
+def test_make_measure_runs_three_repetitions_by_default() -> None:
+    assert BenchParams().repeats >= 3

@@ -55,7 +55,10 @@ the median). /2 kept every /1 field; :mod:`lab.experiments.bench.records` reads 
                                 consume_batched (RPOP count), batch
                       rabbitmq: publish (persistent, no confirms), publish_confirm (a confirm per
                                 message), publish_confirm_pipelined (window), consume (prefetch,
-                                one ack per message), consume_prefetch1, queue_arguments, prefetch
+                                one ack per message), consume_prefetch1, consume_batched (prefetch
+                                batch_prefetch, multiple acks), queue_arguments, prefetch
+                      repeats: every rate is a median of ``repeats`` alternated runs with
+                      per_s_min, per_s_max, per_s_runs (lab.experiments.bench.stats.median_of_runs)
     end_to_end        tasks (backlog per pool), task, queues_consumed, prefetch_multiplier (of the
                       throughput drain), results_stored (false: fire-and-forget),
                       defaults_prefetch_multiplier, repeats, transport (as above), and
@@ -101,8 +104,12 @@ the median). /2 kept every /1 field; :mod:`lab.experiments.bench.records` reads 
                                [, redis_used_memory_growth_bytes]},
                       per_10k_tasks.<pool> {broker_cpu_s, broker_rss_growth_bytes_queued,
                                result_backend_cpu_s, worker_cpu_s}
-    ratios            raw_consume_per_s, raw_publish_per_s, raw_publish_basis (the raw publish
-                      with the setup's durability: "publish" or "publish_confirm"),
+    ratios            raw_consume_per_s, raw_publish_per_s, raw_publish_basis, raw_consume_basis (the
+                      ceiling: the broker's best client at the setup's durability, raw.CEILING:
+                      Redis publish_pipelined / consume_batched, RabbitMQ publish_confirm_pipelined
+                      (publish without confirms) / consume_batched; older records: publish[_confirm] /
+                      consume), raw_verdicts {"<a> vs <b>": compare(): ratio, verdict ("no
+                      difference" when the ranges overlap)},
                       e2e_vs_raw_consume {pool: ratio} (fire-and-forget drain),
                       e2e_defaults_vs_raw_consume {pool: ratio} (defaults drain), best_pool, e2e_vs_raw_consume_best,
                       enqueue_vs_raw_publish {pool: ratio}, goal_e2e_vs_raw_consume (0.5 Redis,

@@ -19,10 +19,17 @@ own queue arguments (classic with x-max-priority, or quorum), persistent message
   Celery/kombu do);
 * ``publish_confirm_pipelined``: confirms on, up to ``window`` messages in flight, acks (possibly
   ``multiple``) collected as they come: the same guarantee, without a round trip per message;
-* ``consume``: ``basic_consume`` with prefetch ``prefetch`` and one ack per message (the ceiling the
-  ratios use), and ``consume_prefetch1`` with prefetch 1.
+* ``consume``: ``basic_consume`` with prefetch ``prefetch`` and one ack per message, and
+  ``consume_prefetch1`` with prefetch 1;
+* ``consume_batched``: ``basic_consume`` with a large prefetch (``batch_prefetch``) and one
+  ``multiple`` ack per half of it: the most the client gets out of the broker.
 
-Every measurement is ``{"messages", "seconds", "per_s"}``.
+The **ceiling** brokerstack is compared with is the best client each broker has, at the durability
+of the setup (``CEILING``): Redis pipelined LPUSH and RPOP with a count; RabbitMQ confirms in a
+window (or none, on a setup without confirms) and the batched consume.
+
+Every measurement is ``{"messages", "seconds", "per_s"}``; ``repeated`` folds repetitions of a
+whole run into medians with their range.
 """
 
 from __future__ import annotations
@@ -36,6 +43,34 @@ from lab.experiments.bench.stats import rate
 
 RAW_REDIS_KEY = "bench:raw"
 RAW_AMQP_QUEUE = "bench.raw"
+#: The ceiling's measurements per broker: (publish, publish with confirms, consume). Redis has no
+#: confirms: its reply to LPUSH is the acknowledgement, so both publish keys are the pipelined one.
+CEILING = {
+    "redis": ("publish_pipelined", "publish_pipelined", "consume_batched"),
+    "rabbitmq": ("publish", "publish_confirm_pipelined", "consume_batched"),
+}
+#: RabbitMQ's batched consume: messages in flight to the consumer, acked (``multiple``) per half.
+BATCH_PREFETCH = 1000
+
+
+def ceiling_keys(broker: str, confirms: bool) -> tuple[str, str]:
+    """(publish, consume): the raw measurements brokerstack is compared with on ``broker``."""
+    publish, publish_confirmed, consume = CEILING[broker]
+    return (publish_confirmed if confirms else publish), consume
+
+
+def repeated(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whole raw runs (alternated: every measurement once per run, in the same order) as one: each
+    rate the median of the runs with its range (``median_of_runs``), the rest from the first run."""
+    from lab.experiments.bench.stats import median_of_runs
+
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, dict) and "per_s" in value:
+            out[key] = median_of_runs([run[key] for run in runs if isinstance(run.get(key), dict)])
+    out["repeats"] = len(runs)
+    return out
+
 
 Tick = Callable[[str], None]
 
@@ -193,6 +228,9 @@ def amqp_raw(
 
             tick("amqp publish, pipelined confirms")
             out["publish_confirm_pipelined"] = _pipelined_confirm_publish(url, message, count, window)
+            tick(f"amqp consume, prefetch {BATCH_PREFETCH}, multiple acks")
+            out["consume_batched"] = _batched_consume(url, count, BATCH_PREFETCH)
+            out["batch_prefetch"] = BATCH_PREFETCH
         finally:
             try:
                 queue(channel).delete()
@@ -294,10 +332,41 @@ def _pipelined_confirm_publish(url: str, message: CapturedMessage, count: int, w
     result = rate(count, elapsed)
     result["confirms"] = f"pipelined, window {window}"
     result["nacked"] = nacked
-    # The pipelined run published another `count` messages: drop them.
+    # The `count` messages it published stay for the batched consume.
+    return result
+
+
+def _batched_consume(url: str, count: int, prefetch: int) -> dict[str, Any]:
+    """``count`` messages with ``prefetch`` in flight and one ``multiple`` ack per half of it (py-amqp
+    under kombu): the consumer's best case, what a client that batches its acks gets."""
+    import amqp
+    from kombu import Connection
+
+    ack_every = max(prefetch // 2, 1)
     with Connection(url) as conn:
-        try:
-            conn.default_channel.queue_purge(RAW_AMQP_QUEUE)
-        except Exception:  # noqa: BLE001
-            pass
+        client: amqp.Connection = conn.connection
+        channel = client.channel()
+        channel.basic_qos(0, prefetch, False)
+        got = 0
+        unacked = 0
+
+        def on_message(message: Any) -> None:
+            nonlocal got, unacked
+            got += 1
+            unacked += 1
+            if unacked >= ack_every or got >= count:
+                channel.basic_ack(message.delivery_tag, multiple=True)
+                unacked = 0
+
+        tag = channel.basic_consume(RAW_AMQP_QUEUE, callback=on_message)
+        started = time.perf_counter()
+        while got < count:
+            client.drain_events(timeout=10)
+        elapsed = time.perf_counter() - started
+        channel.basic_cancel(tag)
+        channel.queue_purge(RAW_AMQP_QUEUE)  # what arrived after the last one counted, if anything
+        channel.close()
+    result = rate(got, elapsed)
+    result["prefetch"] = prefetch
+    result["acks"] = f"multiple, one per {ack_every}"
     return result
