@@ -8,6 +8,8 @@ import celery.exceptions
 import kombu.exceptions
 import redis.exceptions
 
+from worker.brokers.redis.errors import UNWRITABLE_ERRORS
+
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
     kombu.exceptions.OperationalError,
     kombu.exceptions.ConnectionError,
@@ -17,6 +19,8 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
     amqp.exceptions.MessageNacked,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    # A Redis primary that is up but takes no writes (failover, min-replicas-to-write): a 503.
+    *UNWRITABLE_ERRORS,
     ConnectionError,
     TimeoutError,
     OSError,

@@ -45,6 +45,7 @@ from kombu.utils.json import dumps, loads
 from redis.exceptions import NoScriptError
 
 from worker.backends import SentinelTLSConnection, TLSConnection
+from worker.brokers.redis.errors import UNWRITABLE_ERRORS
 from worker.topology import PRIORITY_MAX, PRIORITY_MIN
 
 logger = logging.getLogger(__name__)
@@ -593,7 +594,12 @@ class SentinelChannel(BrokerstackChannel, kombu_redis.SentinelChannel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+    # A node that will not take writes (READONLY, NOREPLICAS, MASTERDOWN) is a lost connection to
+    # the consumer: it reconnects (through Sentinel, to the primary of now) instead of exiting with
+    # "Unrecoverable error". Class attributes: Celery reads them from the class.
+    connection_errors = (*kombu_redis.Transport.connection_errors, *UNWRITABLE_ERRORS)
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = SentinelChannel
+    connection_errors = Transport.connection_errors
