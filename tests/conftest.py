@@ -71,9 +71,31 @@ def _purged_settings(broker: BrokerNode, results: BrokerNode, **overrides: Any) 
     app = create_celery(settings)
     try:
         app.control.purge()  # nothing left over from an earlier test on a shared broker
+        _purge_delayed(app, broker)
     finally:
         app.close()
     return settings
+
+
+def _purge_delayed(app: Any, broker: BrokerNode) -> None:
+    """RabbitMQ's delayed-delivery ladder is shared by every queue, so Celery's purge cannot empty
+    it: an earlier test's countdown task would land in a later test's queue when due (Redis' purge
+    clears its delayed sets itself)."""
+    if broker.kind != "rabbitmq":
+        return
+    import amqp.exceptions
+
+    from worker.brokers.rabbitmq.delayed import LADDER_QUEUES
+
+    with app.connection_for_write() as connection:
+        for name in LADDER_QUEUES:
+            channel = connection.channel()  # a missing queue closes the channel it was asked on
+            try:
+                channel.queue_purge(name)
+            except amqp.exceptions.NotFound:
+                pass
+            finally:
+                connection.maybe_close_channel(channel)
 
 
 @pytest.fixture

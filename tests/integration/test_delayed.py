@@ -21,6 +21,7 @@ from celery import Celery
 from kombu import Connection
 
 from lab.harness.nodes import BrokerNode, RedisOptions, make_node
+from lab.harness.settings import settings_for
 from tests.conftest import BROKER_KINDS, _purged_settings
 from tests.helpers import enqueue, wait_for, wait_for_task
 from worker.brokers import profile_for
@@ -297,4 +298,20 @@ def test_movers_running_at_once_move_each_message_once(redis_broker, results_nod
         assert len(bodies) == len(set(bodies)) == count
     finally:
         client.close()
+        app.close()
+
+
+@pytest.mark.parametrize("own_broker", ["rabbitmq"], indirect=True)
+def test_the_test_fixtures_purge_leaves_no_waiting_task_for_the_next_test(own_broker, results_node):
+    """Regression: a countdown task of one test, waiting in RabbitMQ's shared ladder, landed in the
+    queue of a later test on the same broker (test_pools counted it as a task given back twice)."""
+    settings = settings_for(own_broker, results_node)
+    app = create_celery(settings)
+    try:
+        app.tasks["worker.tasks.basic.add"].apply_async((1, 2), countdown=60)
+        profile = profile_for(settings)
+        assert profile.delayed_depth(app) == 1
+        _purged_settings(own_broker, results_node)
+        assert profile.delayed_depth(app) == 0
+    finally:
         app.close()
