@@ -60,6 +60,8 @@ measure: venv
 	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario broker-kill --scenario broker-restart --scenario worker-kill --scenario producer-outage --scenario publish-kill --scenario node-loss
 	$(PY) -m services.cli chaos matrix --scenario idle-kill --scenario broker-restart-mid-task --kills 20 --tasks 200 --transport brokerstack --transport kombu --seed 9
 	$(PY) -m services.cli chaos matrix --scenario rolling-deploy --kills 10 --tasks 240 --transport brokerstack --transport kombu --seed 9
+	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario power-loss --scenario power-loss-node --scenario power-loss-all --seed 20261129
+	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario failover --scenario partition --driver docker --seed 1129
 	$(PY) -m services.cli chaos run --scenario worker-kill --setup redis-everysec --duration 16m --fault-interval 5 --visibility-timeout 5 --seed 11
 	$(PY) -m services.cli chaos run --scenario worker-kill --setup redis-everysec --duration 16m --fault-interval 5 --visibility-timeout 5 --seed 11 --transport kombu
 	$(PY) -m services.cli bench
