@@ -152,6 +152,7 @@ def _transports(choice: str) -> tuple[str, ...]:
 def _check_can_run(driver: Any, brokers: set[Any]) -> Any:
     """The driver to use, or exit with one line saying why nothing can run."""
     from lab.harness.nodes import docker_available, process_available, resolve_driver
+    from lab.harness.vendors import vendor_for
 
     try:
         resolved = resolve_driver(driver)
@@ -168,7 +169,7 @@ def _check_can_run(driver: Any, brokers: set[Any]) -> Any:
     if missing:
         raise SystemExit(
             f"brokerstack: cannot run {', '.join(missing)}: no Docker engine and no local broker "
-            f"binary ({'redis-server' if 'redis' in missing else 'rabbitmq-server'}) on PATH"
+            f"binary ({', '.join(vendor_for(kind).server_binary for kind in missing)}) on PATH"
         )
     return resolved
 

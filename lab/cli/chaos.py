@@ -194,10 +194,10 @@ def run_command(
     if seconds is not None and not SCENARIOS[scenario].soak:
         soaks = ", ".join(name for name, s in SCENARIOS.items() if s.soak)
         raise typer.BadParameter(f"{scenario} has no soak mode; --duration works with: {soaks}")
-    if get_setup(setup).broker != "redis" and transport != "brokerstack":
+    if not get_setup(setup).vendor.transports and transport != "brokerstack":
         stderr.print(
-            f"[yellow]note: --transport {transport} does not apply to {setup} (RabbitMQ runs kombu's "
-            "py-amqp transport either way); ignored[/yellow]"
+            f"[yellow]note: --transport {transport} does not apply to {setup} (its broker has one client "
+            "transport either way); ignored[/yellow]"
         )
     options = _options(
         RunOptions,
@@ -259,14 +259,14 @@ def matrix_command(
         raise typer.BadParameter("no scenario x setup pair matches")
     # The transport is Redis' choice: RabbitMQ pairs run once whatever is asked.
     runs = [
-        (sc, st, t if SETUPS[st].broker == "redis" else "brokerstack")
+        (sc, st, t if SETUPS[st].vendor.transports else "brokerstack")
         for sc, st in pairs
-        for t in (transports if SETUPS[st].broker == "redis" else transports[:1])
+        for t in (transports if SETUPS[st].vendor.transports else transports[:1])
     ]
-    if transports != ["brokerstack"] and any(SETUPS[st].broker != "redis" for _, st in pairs):
+    if transports != ["brokerstack"] and any(not SETUPS[st].vendor.transports for _, st in pairs):
         stderr.print(
-            "[yellow]note: --transport applies to the Redis setups only; the RabbitMQ ones run once, on "
-            "kombu's py-amqp transport[/yellow]"
+            "[yellow]note: --transport applies to the setups of brokers with a transport choice (Redis) only; "
+            "the others (RabbitMQ) run once, on their one client transport[/yellow]"
         )
     options = _options(
         RunOptions,
@@ -282,7 +282,7 @@ def matrix_command(
     records: list[dict[str, Any]] = []
     failed = 0
     for index, (scenario_name, setup_name, transport_name) in enumerate(runs, 1):
-        label = f" ({transport_name} transport)" if SETUPS[setup_name].broker == "redis" else ""
+        label = f" ({transport_name} transport)" if SETUPS[setup_name].vendor.transports else ""
         stderr.print(f"[bold]({index}/{len(runs)}) {scenario_name} on {setup_name}{label}[/bold]")
         run_options = replace(options, transport=transport_name)
         record = _run_one(scenario_name, setup_name, run_options, results_dir, as_json)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import typer
 from rich.console import Console
@@ -17,9 +17,13 @@ from lab.harness.nodes.base import random_suffix
 from lab.harness.nodes.factory import DriverChoice
 from lab.harness.results import RESULTS_DIR_ENV, RESULTS_DIR_RULE, default_results_dir
 from lab.harness.settings import settings_for
+from lab.harness.vendors import VENDORS
 
-#: What is measured by default: Redis, and RabbitMQ with each queue type.
-CASES: tuple[tuple[BrokerKind, str | None], ...] = (("redis", None), ("rabbitmq", "classic"), ("rabbitmq", "quorum"))
+#: What is measured: every broker, once per settings variant its vendor names (RabbitMQ: each
+#: queue type).
+CASES: tuple[tuple[BrokerKind, dict[str, Any]], ...] = tuple(
+    (cast("BrokerKind", name), variant) for name, vendor in VENDORS.items() for variant in vendor.priority_variants()
+)
 console = Console(stderr=True)
 
 
@@ -41,12 +45,10 @@ def priority(
     chosen = cast("DriverChoice | None", driver)  # make_node checks the name and says which it takes
     records = []
     with make_node("redis", chosen, name=f"priority-results-{random_suffix()}") as results:
-        for kind, queue_type in CASES:
-            console.print(
-                f"[bold]{kind}{' ' + queue_type if queue_type else ''}[/]: {backlog} low, then {urgent} urgent"
-            )
+        for kind, overrides in CASES:
+            variant = "".join(f" {value}" for value in overrides.values())
+            console.print(f"[bold]{kind}{variant}[/]: {backlog} low, then {urgent} urgent")
             with make_node(kind, chosen) as broker:
-                overrides = {"rabbitmq_queue_type": queue_type} if queue_type else {}
                 settings = settings_for(broker, results, **overrides)
                 records.append(measure_priority(settings, broker, backlog=backlog, urgent=urgent))
     if as_json:

@@ -64,7 +64,7 @@ def measure_priority(
         app.close()
     order = sorted(done_at, key=lambda t: done_at[t])
     ranks = sorted(order.index(t) for t in high)
-    queue_type = settings.rabbitmq_queue_type if broker.kind == "rabbitmq" else "redis-lists"
+    queue_type = broker.vendor.queue_label(settings)
     record = {
         "schema": SCHEMA,
         "broker": broker.kind,

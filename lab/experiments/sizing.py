@@ -37,16 +37,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 import redis
 
 from lab.experiments.bench import e2e
 from lab.experiments.bench.runner import declare_topology
-from lab.harness.nodes import BrokerNode, RabbitOptions
+from lab.harness.nodes import BrokerNode
 from lab.harness.processes import CeleryWorker
 from lab.harness.results import client_versions, machine, write_record
+from lab.harness.vendors import VENDORS
+from lab.harness.vendors.redis.vendor import redis_memory
 from worker.celery_app import create_celery
 from worker.dead_letters import store_for
 from worker.settings import Settings
@@ -61,11 +61,6 @@ TASK_SIZES = (500, 1000, 2000)
 DEAD_LETTER_SIZES = (100, 200, 400)
 REPETITIONS = 3
 FAIL = "worker.tasks.tools.fail"
-#: A memory reading is taken once two reads this far apart agree (Redis frees lazily; RabbitMQ
-#: publishes its statistics on an interval)...
-SETTLE_INTERVAL = {"redis": 0.2, "rabbitmq": 1.0}
-#: ...or, failing that, after this long (the reading is then flagged unsettled in the record).
-SETTLE_TIMEOUT = 30.0
 #: The longest a worker may take to run one measurement's tasks on a slow machine.
 DRAIN_TIMEOUT = 600.0
 #: Between two looks at a draining queue.
@@ -74,77 +69,13 @@ POLL = 0.1
 #: MIN_R2, is labelled noisy rather than quoted as a size.
 NOISY_SPREAD = 0.5
 MIN_R2 = 0.9
-#: What a RabbitMQ node needs for its queues' memory to be readable soon after a change.
-NODE_OPTIONS: dict[str, dict[str, Any]] = {
-    "redis": {},
-    "rabbitmq": {"rabbit": RabbitOptions(management=True, extra_config="collect_statistics_interval = 500")},
-}
+#: What a broker node needs for its memory to be readable soon after a change (its vendor says).
+NODE_OPTIONS: dict[str, dict[str, Any]] = {name: v.memory_node_options for name, v in VENDORS.items()}
 
 Tick = Callable[[str], None]
 
 
 # --- reading memory ---------------------------------------------------------------------------
-
-
-def redis_memory(url: str) -> dict[str, float]:
-    """``used_memory`` and the exact ``MEMORY USAGE`` sum of every key, once ``used_memory`` has
-    settled; ``settled`` is 0.0 when it never did within SETTLE_TIMEOUT."""
-    client = redis.Redis.from_url(url, socket_timeout=30)
-    try:
-        deadline = time.monotonic() + SETTLE_TIMEOUT
-        last = int(client.info("memory")["used_memory"])
-        settled = False
-        while time.monotonic() < deadline:
-            time.sleep(SETTLE_INTERVAL["redis"])  # the allocator's figure: nothing to wait on but time
-            now = int(client.info("memory")["used_memory"])
-            if now == last:
-                settled = True
-                break
-            last = now
-        keys = 0
-        for key in client.scan_iter(count=1000):
-            keys += int(client.memory_usage(key, samples=0) or 0)
-        return {"used_memory": float(last), "keys_memory": float(keys), "settled": float(settled)}
-    finally:
-        client.close()
-
-
-def rabbit_memory(node: BrokerNode, queue: str, messages: int) -> dict[str, float]:
-    """The queue's ``memory`` and ``message_bytes`` and the node's ``mem_used``, once the queue's
-    statistics (published every 0.5 s, see NODE_OPTIONS) count the ``messages`` it holds and agree
-    on two reads in a row (the statistics lag: two stale reads agree too)."""
-    url = node.management_url
-    if url is None:
-        raise ValueError("reading queue memory needs the management plugin: RabbitOptions(management=True)")
-    options: RabbitOptions = node.options  # type: ignore[attr-defined]
-    auth = (options.user, options.password)
-
-    def read() -> dict[str, float]:
-        q = httpx.get(
-            f"{url}/api/queues/{quote(options.vhost, safe='')}/{quote(queue, safe='')}", auth=auth, timeout=10
-        )
-        q.raise_for_status()
-        nodes = httpx.get(f"{url}/api/nodes", auth=auth, timeout=10)
-        nodes.raise_for_status()
-        data = q.json()
-        return {
-            "messages": float(data.get("messages") or 0),
-            "queue_memory": float(data.get("memory") or 0),
-            "message_bytes": float(data.get("message_bytes") or 0),
-            "node_mem_used": float(sum(n.get("mem_used") or 0 for n in nodes.json())),
-        }
-
-    deadline = time.monotonic() + SETTLE_TIMEOUT
-    last = read()
-    while time.monotonic() < deadline:
-        time.sleep(SETTLE_INTERVAL["rabbitmq"])  # statistics arrive on an interval: nothing to poll sooner
-        now = read()
-        # The node's total moves with everything the VM does; the queue's own figures are the test.
-        current = now["messages"] == messages
-        if current and all(now[k] == last[k] for k in ("messages", "queue_memory", "message_bytes")):
-            return {**now, "settled": 1.0}
-        last = now
-    return {**last, "settled": 0.0}
 
 
 class Meters:
@@ -156,12 +87,10 @@ class Meters:
 
     def broker_memory(self, queue: str, messages: int) -> dict[str, float]:
         """``messages``: what ``queue`` holds now (RabbitMQ's statistics are read until they say so)."""
-        if self.broker.kind == "redis":
-            return redis_memory(self.broker.url)
-        return rabbit_memory(self.broker, queue, messages)
+        return self.broker.vendor.memory(self.broker, queue, messages)
 
     def results_memory(self) -> dict[str, float]:
-        return redis_memory(self.results_url)
+        return redis_memory(self.results_url)  # the result backend is Redis on every broker
 
 
 def _delta(before: dict[str, float], after: dict[str, float], prefix: str = "") -> dict[str, float]:
@@ -449,7 +378,7 @@ def measure_sizing(
         broker_version=broker.version(),
         driver=broker.driver,
         queue=DEFAULT_QUEUE,
-        queue_type=settings.rabbitmq_queue_type if broker.kind == "rabbitmq" else None,
+        queue_type=broker.vendor.queue_type(settings),
         task_sizes=list(task_sizes),
         dead_letter_sizes=list(dead_letter_sizes),
         repetitions=repetitions,

@@ -24,14 +24,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis
 
 from lab.experiments.bench import e2e
 from lab.experiments.bench.runner import declare_topology
-from lab.harness.nodes import BrokerNode, RabbitOptions, proctree
+from lab.harness.nodes import BrokerNode, proctree
 from lab.harness.processes import CeleryWorker
 from lab.harness.results import client_versions, machine, write_record
+from lab.harness.vendors import VENDORS
+from lab.harness.vendors.redis.vendor import redis_commands
 from worker.celery_app import create_celery
 from worker.settings import Settings
 
@@ -47,11 +48,6 @@ TASKS = 1000
 REPETITIONS = 3
 #: The longest a drain of TASKS no-ops may take on a slow machine before the run is abandoned.
 DRAIN_TIMEOUT = 300.0
-#: How often and how long RabbitMQ's counters are read until a phase's counts are in.
-STATS_SETTLE_INTERVAL = 0.5
-STATS_SETTLE_TIMEOUT = 30.0
-#: RabbitMQ message counters worth showing per task (management API ``message_stats`` keys).
-RABBIT_COUNTERS = ("publish", "confirm", "deliver", "deliver_no_ack", "get", "get_empty", "ack", "redeliver")
 #: PINGs timed to estimate one Redis round trip on this machine.
 PINGS = 500
 
@@ -76,41 +72,6 @@ class Repetition:
 # --- counters read on the servers ---------------------------------------------------------------
 
 
-def redis_commands(url: str) -> dict[str, int]:
-    """Calls per command since the server started (``INFO commandstats``)."""
-    client = redis.Redis.from_url(url, socket_timeout=10)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
-
-
-def rabbit_counters(node: BrokerNode, at_least: dict[str, int] | None = None) -> dict[str, int]:
-    """RabbitMQ's cumulative message counters. They reach the management API in batches (about
-    every 5 s whatever collect_statistics_interval says), so a phase's counts are read once the
-    counter that ends it (``at_least``) is in."""
-    url = node.management_url
-    if url is None:
-        raise ValueError("counting needs the management plugin on the node: RabbitOptions(management=True)")
-    options = node.options  # type: ignore[attr-defined]
-
-    def read() -> dict[str, int]:
-        response = httpx.get(f"{url}/api/overview", auth=(options.user, options.password), timeout=10)
-        response.raise_for_status()
-        stats = response.json().get("message_stats") or {}
-        return {key: int(stats.get(key, 0)) for key in RABBIT_COUNTERS}
-
-    deadline = time.monotonic() + STATS_SETTLE_TIMEOUT
-    while True:
-        now = read()
-        if all(now[key] >= value for key, value in (at_least or {}).items()):
-            return now
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"RabbitMQ's counters {now} did not reach {at_least} in {STATS_SETTLE_TIMEOUT:g} s")
-        time.sleep(STATS_SETTLE_INTERVAL)
-
-
 def _per_task(before: dict[str, int], after: dict[str, int], tasks: int, ignore: tuple[str, ...]) -> dict[str, float]:
     deltas = {name: after.get(name, 0) - before.get(name, 0) for name in after}
     return {name: round(d / tasks, 3) for name, d in sorted(deltas.items()) if d > 0 and name not in ignore}
@@ -130,13 +91,8 @@ def redis_round_trip_ms(url: str, pings: int = PINGS) -> float:
     return round(statistics.median(times) * 1000, 4)
 
 
-#: How each broker's own counters are read: Redis counts commands, RabbitMQ message operations.
-BROKER_COUNTERS: dict[str, Callable[[BrokerNode, dict[str, int]], dict[str, int]]] = {
-    "redis": lambda node, _: redis_commands(node.url),  # exact at once
-    "rabbitmq": rabbit_counters,
-}
-#: What a broker node needs for its counters to be readable.
-NODE_OPTIONS: dict[str, dict[str, Any]] = {"redis": {}, "rabbitmq": {"rabbit": RabbitOptions(management=True)}}
+#: What a broker node needs for its counters to be readable (its vendor says).
+NODE_OPTIONS: dict[str, dict[str, Any]] = {name: v.counters_node_options for name, v in VENDORS.items()}
 
 
 # --- one measurement ----------------------------------------------------------------------------------
@@ -155,7 +111,8 @@ class Counters:
     def read(self, **at_least: int) -> tuple[dict[str, int], dict[str, int]]:
         """The broker's and the backend's counters; ``at_least``: broker counters that must have
         reached these values (where the broker reports with a delay)."""
-        return BROKER_COUNTERS[self.broker.kind](self.broker, at_least), redis_commands(self.backend_url)
+        # The result backend is Redis on every broker: its commands are counted the same way.
+        return self.broker.vendor.counters(self.broker, at_least), redis_commands(self.backend_url)
 
     def side(self, before: Any, after: Any, tasks: int) -> Side:
         return Side(

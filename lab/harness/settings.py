@@ -10,13 +10,6 @@ from worker.settings import Settings, load_settings
 
 def settings_for(broker: BrokerNode, results: BrokerNode | None = None, **overrides: Any) -> Settings:
     """Settings that point a stack at ``broker``, with results (and the outbox) in ``results``
-    (a Redis node), or in the broker itself when it is Redis and no results node is given."""
-    if broker.kind == "redis":
-        urls = {"broker_profile": "redis", "redis_url": broker.url}
-        if results is not None:
-            urls["result_backend_url"] = results.url
-    else:
-        if results is None:
-            raise ValueError("the rabbitmq profile keeps results in Redis: pass a Redis node as results")
-        urls = {"broker_profile": "rabbitmq", "rabbitmq_url": broker.url, "redis_url": results.url}
+    (a Redis node), or where the broker's vendor keeps them without one (Redis: in the broker)."""
+    urls = broker.vendor.settings_urls(broker.url, results.url if results is not None else None)
     return load_settings(environment="test", **urls, **overrides)

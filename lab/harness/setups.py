@@ -13,6 +13,8 @@ from types import MappingProxyType
 from typing import Any
 
 from lab.harness.nodes import BrokerKind, RabbitOptions, RedisOptions
+from lab.harness.vendors import VENDORS, vendor_for
+from lab.harness.vendors.base import LabVendor
 
 #: Every scenario name (defined in lab.experiments.chaos.scenarios), in the order tables show them.
 SCENARIO_NAMES = (
@@ -30,6 +32,7 @@ SCENARIO_NAMES = (
     "power-loss",
     "power-loss-node",
     "power-loss-all",
+    "delayed",
 )
 
 #: Routine operations rather than crashes: a deploy, a broker maintenance restart, a worker that
@@ -43,7 +46,11 @@ POWER_LOSS = "power-loss"
 #: The same on the 3-node quorum cluster: one node's machine, or all three at once.
 CLUSTER_POWER_LOSS = ("power-loss-node", "power-loss-all")
 
-_SINGLE_NODE = ("broker-kill", "broker-restart", "worker-kill", "producer-outage", "publish-kill", *ROUTINE, POWER_LOSS)
+#: "delayed": delayed tasks held by the broker while it and the workers are killed (issue 14).
+_SINGLE_NODE = (
+    *("broker-kill", "broker-restart", "worker-kill", "producer-outage", "publish-kill", *ROUTINE, POWER_LOSS),
+    "delayed",
+)
 
 #: High availability: the primary or queue leader is killed, or cut off from its peers (Sentinel
 #: groups and RabbitMQ clusters, cluster_size nodes).
@@ -55,8 +62,9 @@ PAUSE_MINORITY = "cluster_partition_handling = pause_minority"
 GUARANTEE_NO_LOSS = "lost == 0"
 GUARANTEE_EXACTLY_ONCE = "lost == 0, duplicated == 0"
 
-#: Which Redis transport carries the messages (REDIS_TRANSPORT); RabbitMQ setups have none to choose.
-TRANSPORTS = ("brokerstack", "kombu")
+#: Every transport some broker lets a run choose (REDIS_TRANSPORT), and the default one; which
+#: apply to a broker is its vendor's ``transports`` (RabbitMQ setups have none to choose).
+TRANSPORTS: tuple[str, ...] = tuple(dict.fromkeys(t for v in VENDORS.values() for t in v.transports))
 DEFAULT_TRANSPORT = "brokerstack"
 
 
@@ -95,20 +103,27 @@ class Setup:
             raise ValueError(f"setup {self.name}: promises for scenarios it does not run")
         if not self.promises_no_duplicates <= self.promises_no_loss:
             raise ValueError(f"setup {self.name}: promises duplicated == 0 where it does not promise lost == 0")
-        if (self.broker == "redis") != (self.redis is not None) or (self.broker == "rabbitmq") != (
-            self.rabbit is not None
-        ):
+        given = {v.options_field for v in VENDORS.values() if getattr(self, v.options_field) is not None}
+        if given != {vendor_for(self.broker).options_field}:
             raise ValueError(f"setup {self.name}: give exactly the node options of its broker")
         object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+
+    @property
+    def vendor(self) -> LabVendor:
+        """What the lab knows about this setup's broker (lab.harness.vendors)."""
+        return vendor_for(self.broker)
+
+    @property
+    def node_options(self) -> Any:
+        """The broker's node options (``redis`` or ``rabbit``, whichever its vendor reads)."""
+        return getattr(self, self.vendor.options_field)
 
     def applies_to(self, scenario: str) -> bool:
         return scenario in self.scenarios
 
     def transport_for(self, transport: str | None) -> str | None:
-        """The Redis transport a run of this setup uses; None on RabbitMQ (it has no such choice)."""
-        if self.broker != "redis":
-            return None
-        return transport or DEFAULT_TRANSPORT
+        """The transport a run of this setup uses; None where the broker has no such choice."""
+        return self.vendor.transport_for(transport)
 
     def promises(self, scenario: str, transport: str | None = None) -> bool:
         """True if this setup guarantees no acknowledged task is lost in ``scenario``.
@@ -116,7 +131,7 @@ class Setup:
         The Redis promises are brokerstack's transport's: kombu's stock transport takes a message
         off the queue and records it as unacked in two steps, so a worker dying in between loses it
         whatever the setup; it is run to be measured beside ours, not promised anything."""
-        if self.transport_for(transport) == "kombu":
+        if self.transport_for(transport) in self.vendor.unpromised_transports:
             return False
         return scenario in self.promises_no_loss
 
@@ -138,7 +153,7 @@ class Setup:
             "scenarios": list(self.scenarios),
             "promises_no_loss": [s for s in SCENARIO_NAMES if s in self.promises_no_loss],
             "promises_no_duplicates": [s for s in SCENARIO_NAMES if s in self.promises_no_duplicates],
-            "transports": list(TRANSPORTS) if self.broker == "redis" else [],
+            "transports": list(self.vendor.transports),
             "redis": None
             if self.redis is None
             else {

@@ -9,27 +9,35 @@ it may be called any number of times.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lab.harness.nodes import BrokerNode, DriverName, RabbitCluster, make_node
-from lab.harness.nodes.sentinel import SentinelGroup
+from lab.harness.nodes import BrokerKind, BrokerNode, DriverName, make_node
 from lab.harness.processes import ApiServer, CeleryWorker, ManagedProcess
 from lab.harness.settings import settings_for
 from lab.harness.setups import Setup
+from lab.harness.vendors import vendor_for
+from lab.harness.vendors.base import LabVendor
+from lab.harness.vendors.rabbitmq.vendor import queue_depths, queue_leader
+from lab.harness.vendors.redis.vendor import (  # noqa: F401 - kept importable from here (bench)
+    REDIS_PRIORITY_SEP,
+    REDIS_UNACKED_INDEX_KEY,
+    REDIS_UNACKED_KEY,
+)
 from worker.settings import Settings, load_settings
 from worker.topology import WORK_QUEUES
 
+if TYPE_CHECKING:
+    from lab.harness.nodes import RabbitCluster
+    from lab.harness.nodes.sentinel import SentinelGroup
+
 log = logging.getLogger(__name__)
 
-#: kombu's Redis transport: a queue's list for priority p > 0 is "<queue><SEP><p>", and delivered
-#: but unacknowledged messages wait in these two keys.
-REDIS_PRIORITY_SEP = "\x06\x16"
-REDIS_UNACKED_KEY = "unacked"
-REDIS_UNACKED_INDEX_KEY = "unacked_index"
+#: The broker that keeps Celery's results and the execution ledger beside the broker under test
+#: (brokerstack's result backend is Redis on every broker profile).
+RESULTS_BROKER: BrokerKind = "redis"
 
 
 class Stack:
@@ -59,29 +67,17 @@ class Stack:
     def start_nodes(self, *, aux: bool = True) -> None:
         """Start the broker (or cluster) and, if asked, the auxiliary Redis; wait until ready."""
         setup = self.setup
-        if self.use_cluster and setup.broker == "redis":
-            self.sentinel = SentinelGroup(
-                setup.cluster_size,
-                self.driver,
-                setup.redis,
-                min_replicas_to_write=setup.min_replicas_to_write,
-                min_replicas_max_lag=setup.min_replicas_max_lag,
-            )
-            self._resources.append(("sentinel group", self.sentinel))
-            if aux:
-                self._start_aux()
-            self.sentinel.start()
-        elif self.use_cluster:
-            self.cluster = RabbitCluster(setup.cluster_size, self.driver, rabbit=setup.rabbit)
-            for member in self.cluster.nodes:
+        if self.use_cluster:
+            attribute, group = self.vendor.make_group(setup, self.driver)
+            setattr(self, attribute, group)
+            for member in group.nodes:
                 self._prepare_node(member)
-            self._resources.append(("cluster", self.cluster))
+            self._resources.append((attribute, group))
             if aux:
                 self._start_aux()
-            self.cluster.start()
+            group.start()
         else:
-            options: dict[str, Any] = {"redis": setup.redis} if setup.broker == "redis" else {"rabbit": setup.rabbit}
-            self.broker = make_node(setup.broker, self.driver, **options)
+            self.broker = make_node(setup.broker, self.driver, options=setup.node_options)
             self._prepare_node(self.broker)
             self._resources.append(("broker", self.broker))
             # Boot both at once (a container start returns before the broker is ready).
@@ -99,9 +95,19 @@ class Stack:
                 self._resources.append(("broker data", resource))
 
     def _start_aux(self) -> None:
-        self.aux = make_node("redis", self.driver)
+        self.aux = make_node(RESULTS_BROKER, self.driver)
         self._resources.append(("aux", self.aux))
         self.aux.start()
+
+    @property
+    def vendor(self) -> LabVendor:
+        """What the lab knows about the setup's broker."""
+        return vendor_for(self.setup.broker)
+
+    @property
+    def group(self) -> Any:
+        """The multi-node group (a RabbitCluster or a SentinelGroup), or None."""
+        return self.cluster if self.cluster is not None else self.sentinel
 
     @property
     def broker_nodes(self) -> list[BrokerNode]:
@@ -113,35 +119,26 @@ class Stack:
 
     @property
     def broker_url(self) -> str:
-        if self.cluster is not None:
-            return self.cluster.url
-        if self.sentinel is not None:
-            return self.sentinel.url
+        if self.group is not None:
+            return str(self.group.url)
         assert self.broker is not None
         return self.broker.url
+
+    @property
+    def primary_url(self) -> str:
+        """The URL of the node that takes writes now (a Sentinel group's current primary), for
+        reading the broker's state directly."""
+        if self.sentinel is not None:
+            return self.sentinel.primary_url
+        return self.broker_url
 
     def make_settings(self, **overrides: Any) -> Settings:
         """Settings for the stack: the setup's own, then the run's ``overrides``."""
         assert self.aux is not None, "start_nodes() first"
         values = {**self.setup.settings, **overrides}
-        if self.cluster is not None:
-            self.settings = load_settings(
-                environment="test",
-                broker_profile="rabbitmq",
-                rabbitmq_url=self.cluster.url,
-                redis_url=self.aux.url,
-                **values,
-            )
-        elif self.sentinel is not None:
-            # The app finds the primary through the sentinels, as a deployment does.
-            self.settings = load_settings(
-                environment="test",
-                broker_profile="redis",
-                redis_url=self.sentinel.url,
-                redis_sentinel_master=self.sentinel.master,
-                result_backend_url=self.aux.url,
-                **values,
-            )
+        if self.group is not None:
+            urls = self.vendor.group_settings(self.group, self.aux.url)
+            self.settings = load_settings(environment="test", **urls, **values)
         else:
             assert self.broker is not None
             self.settings = settings_for(self.broker, self.aux, **values)
@@ -194,57 +191,25 @@ class Stack:
 
     def pending_messages(self) -> int:
         """Messages the broker still holds in the work queues, delivered-but-unacked included."""
-        if self.sentinel is not None:
-            return redis_pending(self.sentinel.primary_url)
-        if self.setup.broker == "redis":
-            return redis_pending(self.broker_url)
-        return sum(self.rabbit_queue_depths().get(q, 0) for q in WORK_QUEUES)
+        return self.vendor.pending_messages(self)
+
+    def dead_lettered(self) -> int | None:
+        """Messages in the broker's native dead-letter queue (None: it has none)."""
+        return self.vendor.dead_lettered(self)
 
     def rabbit_queue_depths(self) -> dict[str, int]:
-        node = self.running_broker_node()
         vhost = self.setup.rabbit.vhost if self.setup.rabbit else "/"
-        out = node.rabbitmqctl("list_queues", "-q", "-p", vhost, "--formatter", "json", "name", "messages")
-        return {row["name"]: int(row.get("messages") or 0) for row in json.loads(out or "[]")}
+        return queue_depths(self.running_broker_node(), vhost)
 
     def queue_leader(self, queue: str, via: Any = None) -> str | None:
         """Erlang node name of a quorum queue's leader, as a running member (or ``via``) reports it."""
         node = via if via is not None else self.running_broker_node()
-        vhost = self.setup.rabbit.vhost if self.setup.rabbit else "/"
-        out = node.rabbitmqctl("list_queues", "-q", "-p", vhost, "--formatter", "json", "name", "leader")
-        for row in json.loads(out or "[]"):
-            if row.get("name") == queue:
-                return row.get("leader") or None
-        return None
+        return queue_leader(node, queue, self.setup.rabbit.vhost if self.setup.rabbit else "/")
 
-    def redis_aof(self) -> bytes | None:
-        """The Redis broker's append-only files, concatenated (None without AOF). Read while the
-        node still exists: it tells which task ids Redis ever stored."""
-        setup = self.setup
-        if setup.broker != "redis" or setup.redis is None or not setup.redis.appendonly or self.broker is None:
-            return None
-        node: Any = self.broker
-        if node.driver == "process":
-            files = sorted(p for p in node.data_dir.rglob("*") if p.is_file() and "appendonly" in p.name)
-            return b"".join(p.read_bytes() for p in files)
-        import io
-        import tarfile
-
-        import docker
-
-        client = docker.from_env(timeout=60)
-        try:
-            stream, _ = client.containers.get(node.name).get_archive("/data")
-            archive = io.BytesIO(b"".join(stream))
-        finally:
-            client.close()
-        parts = []
-        with tarfile.open(fileobj=archive) as tar:
-            for member in tar.getmembers():
-                if member.isfile() and "appendonly" in member.name.rsplit("/", 1)[-1]:
-                    extracted = tar.extractfile(member)
-                    if extracted is not None:
-                        parts.append(extracted.read())
-        return b"".join(parts)
+    def persisted_log(self) -> bytes | None:
+        """The broker's append-only log (Redis' AOF), None when it keeps none. Read while the
+        node still exists: it tells which task ids the broker ever stored."""
+        return self.vendor.persisted_log(self)
 
     def running_broker_node(self) -> Any:
         for node in self.broker_nodes:
@@ -278,20 +243,3 @@ class Stack:
     def started(self) -> list[tuple[str, Any]]:
         """Everything started so far and not yet closed (for tests of the cleanup)."""
         return list(self._resources)
-
-
-def redis_pending(url: str) -> int:
-    import redis
-
-    from worker.brokers.redis import PRIORITY_STEPS
-
-    keys = [q if p == 0 else f"{q}{REDIS_PRIORITY_SEP}{p}" for q in WORK_QUEUES for p in PRIORITY_STEPS]
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.llen(key)
-        pipe.hlen(REDIS_UNACKED_KEY)
-        return sum(int(n) for n in pipe.execute())
-    finally:
-        client.close()

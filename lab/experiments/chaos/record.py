@@ -23,11 +23,14 @@ from typing import Any
 
 from lab.experiments.chaos.ledger import Counts
 from lab.harness.setups import DEFAULT_TRANSPORT
+from lab.harness.vendors import VENDORS
 
 #: Bumped when the record's layout changes incompatibly.
 SCHEMA = "brokerstack.chaos/1"
 RESULTS_ENV = "BROKERSTACK_RESULTS_DIR"
 DEFAULT_RESULTS_DIR = "results"
+#: The broker of records that name neither their broker nor a known setup (the first runs).
+EARLIEST_RECORDS_BROKER = "redis"
 
 #: The counts the CLI's --json promises, in table order.
 HEADLINE_COUNTS = ("attempted", "acknowledged", "executed", "lost", "duplicated", "recovered")
@@ -138,8 +141,10 @@ def record_transport(data: dict[str, Any]) -> str | None:
         from lab.harness.setups import SETUPS
 
         setup = SETUPS.get(data.get("setup", ""))
-        broker = setup.broker if setup else "redis"
-    return DEFAULT_TRANSPORT if broker == "redis" else None
+        # The records without either came from the Redis runs that were all there was then.
+        broker = setup.broker if setup else EARLIEST_RECORDS_BROKER
+    vendor = VENDORS.get(broker)
+    return vendor.default_transport if vendor is not None else None
 
 
 def record_mode(data: dict[str, Any]) -> str:

@@ -49,7 +49,6 @@ from lab.harness.setups import (
 )
 from lab.harness.stacks import Stack
 from worker.settings import Settings
-from worker.topology import DEAD_LETTER_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +211,11 @@ class ChaosRun:
             raise ValueError(f"scenario {self.scenario.name} has no soak mode (--duration); these do: {soaks}")
         self.transport = self.setup.transport_for(self.options.transport)
         longest = self.scenario.longest_task(self.options)
-        if self.setup.broker == "redis" and longest and self.options.visibility_timeout < longest + VISIBILITY_MARGIN:
+        if (
+            longest
+            and self.setup.vendor.unacked_redelivery_delay(self.options) is not None
+            and (self.options.visibility_timeout < longest + VISIBILITY_MARGIN)
+        ):
             raise ValueError(
                 f"{self.scenario.name} runs tasks of up to {longest:g} s: a visibility timeout of "
                 f"{self.options.visibility_timeout} s would hand them out again while they run (set at least "
@@ -264,10 +267,10 @@ class ChaosRun:
         record.versions = package_versions()
         record.parameters = self._parameters()
         record.guarantee = self.setup.guarantee_for(self.scenario.name, self.transport)
-        if self.setup.broker != "redis" and self.options.transport != DEFAULT_TRANSPORT:
+        if self.transport is None and self.options.transport != DEFAULT_TRANSPORT:
             self.note(
-                f"--transport {self.options.transport} does not apply to {self.setup.name}: the transport "
-                "choice is Redis'; RabbitMQ runs on kombu's py-amqp transport either way"
+                f"--transport {self.options.transport} does not apply to {self.setup.name}: its broker "
+                f"({self.setup.broker}) has one client transport either way"
             )
         with sigterm_raises(RunInterrupted):
             try:
@@ -322,7 +325,7 @@ class ChaosRun:
         """Redis with AOF, as evidence beside the counts: which acknowledged task ids Redis never
         wrote, and whether lost ones were written (then a consumer took them and dropped them)."""
         try:
-            aof = self.stack.redis_aof()
+            aof = self.stack.persisted_log()
         except Exception as exc:  # noqa: BLE001 - the check is extra evidence, not the count
             self.note(f"could not read the AOF: {exc!r}")
             return None
@@ -412,13 +415,7 @@ class ChaosRun:
         values: dict[str, Any] = {"publish_timeout": o.publish_timeout}
         if self.stack.aux is not None:
             values.update(ledger_url=self.stack.aux.url, ledger_run=self.run_id)
-        if self.setup.broker == "redis":
-            values.update(
-                redis_transport=self.transport,
-                redis_visibility_timeout=o.visibility_timeout,
-                redis_unacked_restore_interval=o.restore_interval,
-                redis_unacked_restore_throttle=o.restore_throttle,
-            )
+        values.update(self.setup.vendor.run_settings(o, self.transport))
         return values
 
     def open_execution_log(self) -> None:
@@ -461,10 +458,7 @@ class ChaosRun:
 
     def redelivery_bound(self) -> float:
         """Longest a delivered-but-unacked message may take to run again after its worker died."""
-        o = self.options
-        if self.setup.broker == "redis":
-            return o.visibility_timeout + o.restore_interval * o.restore_throttle + o.long_task_seconds
-        return o.long_task_seconds
+        return self.setup.vendor.redelivery_delay(self.options) + self.options.long_task_seconds
 
     def overdue(self) -> int:
         """Acknowledged tasks not run though their redelivery bound (plus slack) has passed: the
@@ -532,11 +526,7 @@ class ChaosRun:
         o = self.options
         started = time.time()
         deadline = time.monotonic() + o.drain_timeout
-        if self.setup.broker == "redis":
-            # A message stuck in Redis' unacked hash comes back only after its visibility timeout.
-            idle_limit = o.visibility_timeout + o.restore_interval * o.restore_throttle + 30
-        else:
-            idle_limit = 60.0
+        idle_limit = self.setup.vendor.drain_idle_limit(o)
         pending: int | None = None
         last_check = 0.0
         drained = False
@@ -567,11 +557,12 @@ class ChaosRun:
                 f"not drained: {pending} message(s) still in the broker after "
                 f"{time.time() - started:.0f} s (counts taken anyway)"
             )
-        if self.setup.broker == "rabbitmq":
-            try:
-                self.record.details["dead_lettered"] = self.stack.rabbit_queue_depths().get(DEAD_LETTER_QUEUE, 0)
-            except Exception:  # noqa: BLE001
-                pass
+        try:
+            dead_lettered = self.stack.dead_lettered()
+        except Exception:  # noqa: BLE001 - extra evidence, not the count
+            dead_lettered = None
+        if dead_lettered is not None:
+            self.record.details["dead_lettered"] = dead_lettered
 
     # --- the record ------------------------------------------------------------------------------
 
@@ -583,9 +574,8 @@ class ChaosRun:
         params["driver"] = self.driver
         setup = self.setup.describe()
         params["setup"] = {k: setup[k] for k in ("broker", "redis", "settings", "cluster_size")}
-        if self.setup.broker != "redis":
-            for key in ("visibility_timeout", "restore_interval", "restore_throttle", "transport"):
-                params.pop(key, None)
+        for key in self.setup.vendor.ignored_run_parameters:
+            params.pop(key, None)
         if params["duration"] is None:
             params.pop("fault_interval", None)
         return params

@@ -7,7 +7,9 @@
 
 Two drivers run the same brokers: "docker" (official images, via
 testcontainers) and "process" (the distribution's redis-server /
-rabbitmq-server).  make_node(driver=None) reads BROKERSTACK_TEST_DRIVER
+rabbitmq-server).  The drivers' generic lifecycle is here (docker.py,
+process.py); each broker's node classes and everything else the lab knows
+about it are in lab.harness.vendors.<broker>.  make_node(driver=None) reads BROKERSTACK_TEST_DRIVER
 (auto|docker|process, default auto = docker if an engine answers).
 
 Guarantees every node keeps: it listens on 127.0.0.1 only, on a host port
@@ -19,6 +21,8 @@ a crashed run.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .base import (
     BrokerKind,
     BrokerNode,
@@ -27,18 +31,26 @@ from .base import (
     NodeTimeout,
     RabbitOptions,
     RedisOptions,
+    moved_names,
 )
 from .cluster import RabbitCluster
 from .factory import DRIVER_ENV, docker_available, make_node, make_tls_redis_node, resolve_driver
 from .ports import free_port
-from .process import (
-    ProcessRedisNode,
-    ProcessSentinelGroup,
-    ProcessSentinelNode,
-    process_available,
-    remove_stale_process_nodes,
-)
+from .process import process_available, remove_stale_process_nodes
 from .tls import TLSFiles, make_test_certs
+
+if TYPE_CHECKING:
+    from lab.harness.vendors.redis.nodes import ProcessRedisNode, ProcessSentinelGroup, ProcessSentinelNode
+
+#: Node classes that live in their vendor's package (lab.harness.vendors.<broker>.nodes), still
+#: importable from here; loaded on first use, as the vendors import this package's drivers.
+_FROM_VENDORS = {
+    "ProcessRedisNode": "lab.harness.vendors.redis.nodes",
+    "ProcessSentinelGroup": "lab.harness.vendors.redis.nodes",
+    "ProcessSentinelNode": "lab.harness.vendors.redis.nodes",
+}
+
+__getattr__ = moved_names(__name__, _FROM_VENDORS)
 
 
 def remove_stale_containers(everything: bool = False) -> list[str]:

@@ -1,8 +1,9 @@
 """Broker node interface shared by the docker and process drivers.
 
-A node is one broker (Redis or RabbitMQ) that the lab starts, kills, restarts
+A node is one broker (any of worker.brokers.PROFILES) that the lab starts, kills, restarts
 and finally removes.  Its host port is chosen once and kept for the node's
-whole life, so clients can reconnect after a kill + start.
+whole life, so clients can reconnect after a kill + start.  What differs
+between brokers lives in lab.harness.vendors.<broker>.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 from urllib.parse import quote
 
 from worker.settings import BrokerProfileName
 
 from . import proctree
+
+if TYPE_CHECKING:
+    from lab.harness.vendors.base import LabVendor
 
 #: The brokers a node can run: the product's broker names (worker.settings), declared once.
 BrokerKind = BrokerProfileName
@@ -34,11 +39,6 @@ LOOPBACK = "127.0.0.1"
 #: Default timeout for wait_ready(): RabbitMQ needs ~6 s on an idle 2-core
 #: machine, several times that when three nodes boot at once.
 DEFAULT_READY_TIMEOUT = 60.0
-
-#: Pause between readiness probes; small for Redis (ready in ~20 ms), larger
-#: for RabbitMQ, whose failed AMQP handshakes are not free.
-REDIS_POLL_INTERVAL = 0.02
-RABBIT_POLL_INTERVAL = 0.2
 
 #: Lines of broker log attached to start/readiness errors.
 ERROR_LOG_TAIL = 40
@@ -121,6 +121,18 @@ def management_http_url(port: int, options: RabbitOptions) -> str:
     return f"http://{user}:{password}@{LOOPBACK}:{port}"
 
 
+def moved_names(module: str, moved: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that still finds the names that ``moved`` (name -> module now
+    holding it), imported on first use: the vendor packages they moved to import the drivers."""
+
+    def __getattr__(name: str) -> Any:
+        if name in moved:
+            return getattr(import_module(moved[name]), name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 T = TypeVar("T")
 
 #: Nodes and clusters not closed yet, closed at interpreter exit as a safety
@@ -175,95 +187,6 @@ def poll(
             extra = f"\n{on_timeout()}" if on_timeout else ""
             raise NodeTimeout(f"{describe}: not done after {timeout:.0f}s{detail}{extra}") from last_error
         time.sleep(interval)
-
-
-def redis_probe(port: int, tls: Any = None) -> str:
-    """PING the Redis on port (over TLS with ``tls``, a lab.harness.nodes.tls.TLSFiles, verifying the
-    server and presenting the client certificate); returns "redis <version>"."""
-    import redis
-
-    secure: dict[str, Any] = {}
-    if tls is not None:
-        secure = {
-            "ssl": True,
-            "ssl_ca_certs": str(tls.ca_cert),
-            "ssl_certfile": str(tls.client_cert),
-            "ssl_keyfile": str(tls.client_key),
-        }
-    client = redis.Redis(host=LOOPBACK, port=port, socket_connect_timeout=1, socket_timeout=2, **secure)
-    try:
-        if not client.ping():
-            raise NodeError("PING did not answer PONG")
-        return f"redis {client.info('server')['redis_version']}"
-    finally:
-        client.close()
-
-
-def amqp_probe(port: int, options: RabbitOptions) -> str:
-    """Open an authenticated AMQP connection; returns "rabbitmq <version>"."""
-    import amqp
-
-    conn = amqp.Connection(
-        f"{LOOPBACK}:{port}",
-        userid=options.user,
-        password=options.password,
-        virtual_host=options.vhost,
-        connect_timeout=2,
-        read_timeout=5,
-        write_timeout=5,
-    )
-    try:
-        conn.connect()
-        version = conn.server_properties.get("version", "?")
-        if isinstance(version, bytes):
-            version = version.decode()
-        return f"rabbitmq {version}"
-    finally:
-        try:
-            conn.collect()
-        except Exception:  # noqa: BLE001 - best effort close of a probe socket
-            pass
-        try:
-            conn.close()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-class RedisEndpoints:
-    """The port and URL of a Redis node, however it runs (the port is chosen once, so a restarted
-    node comes back on it)."""
-
-    _port: int
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        return redis_url(self._port)
-
-
-class RabbitEndpoints:
-    """The AMQP and management ports and URLs of a RabbitMQ node, however it runs."""
-
-    _port: int
-    _management_port: int | None
-    options: RabbitOptions
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        return amqp_url(self._port, self.options)
-
-    @property
-    def management_url(self) -> str | None:
-        if self._management_port is None:
-            return None
-        return management_http_url(self._management_port, self.options)
 
 
 class BrokerNode(ABC):
@@ -333,8 +256,21 @@ class BrokerNode(ABC):
         """Top of the broker's process tree (defaults to pid())."""
         return self.pid()
 
+    @property
+    def vendor(self) -> LabVendor:
+        """What the lab knows about this node's broker (lab.harness.vendors)."""
+        from lab.harness.vendors import vendor_for
+
+        return vendor_for(self.kind)
+
     def _poll_interval(self) -> float:
-        return REDIS_POLL_INTERVAL if self.kind == "redis" else RABBIT_POLL_INTERVAL
+        return self.vendor.poll_interval
+
+    def _broker_pid(self, root: int | None) -> int | None:
+        """The broker process in the tree under ``root`` (the vendor names it), else ``root``."""
+        if root is None:
+            return None
+        return proctree.find_in_tree(root, self.vendor.process_names) or root
 
     def wait_ready(self, timeout: float = DEFAULT_READY_TIMEOUT) -> None:
         """Poll until the broker serves authenticated clients.

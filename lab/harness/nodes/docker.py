@@ -1,5 +1,7 @@
 """Docker driver: brokers in containers of the official images, created with
-testcontainers and then driven through the Docker SDK.
+testcontainers and then driven through the Docker SDK.  The generic container
+lifecycle is here; each broker's node class (its image, ports, files) is in
+lab.harness.vendors.<broker>.nodes.
 
 Each container's broker port is published on 127.0.0.1:<port> with <port>
 chosen up front, so it survives docker kill + docker start.  Images are never
@@ -15,43 +17,14 @@ import os
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 import socket
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import proctree
-from .base import (
-    LOOPBACK,
-    BrokerNode,
-    NodeError,
-    RabbitEndpoints,
-    RabbitOptions,
-    RedisEndpoints,
-    RedisOptions,
-    amqp_probe,
-    poll,
-    random_suffix,
-    redis_probe,
-    untrack,
-)
-from .config import (
-    AMQP_CONTAINER_PORT,
-    MANAGEMENT_CONTAINER_PORT,
-    REDIS_CONTAINER_PORT,
-    REDIS_CONTAINER_TLS_DIR,
-    redis_docker_args,
-    render_enabled_plugins,
-    render_rabbitmq_conf,
-)
-from .ports import free_port
-from .tls import TLSFiles
+from .base import BrokerNode, NodeError, moved_names, poll, untrack
 
 if TYPE_CHECKING:
     import docker as docker_sdk
     from docker.models.containers import Container
-
-#: Images used unless BROKERSTACK_REDIS_IMAGE / BROKERSTACK_RABBITMQ_IMAGE say otherwise.
-DEFAULT_REDIS_IMAGE = "redis:8"
-DEFAULT_RABBITMQ_IMAGE = "rabbitmq:4.0-management"
 
 #: Label on every container/network the lab creates (value "1").
 LABEL = "brokerstack.test"
@@ -64,24 +37,6 @@ PING_TIMEOUT = 3.0
 
 #: Deadline for a killed/stopped container to be reported as not running.
 STATE_TIMEOUT = 30.0
-
-#: Where the RabbitMQ images read extra config, plugins and the Erlang cookie.
-RABBIT_CONF_D_FILE = "/etc/rabbitmq/conf.d/90-brokerstack.conf"
-RABBIT_PLUGINS_FILE = "/etc/rabbitmq/enabled_plugins"
-RABBIT_COOKIE_FILE = "/var/lib/rabbitmq/.erlang.cookie"
-#: The images' data directories (what BrokerNode.data_mount is bound to).
-RABBIT_MNESIA_DIR = "/var/lib/rabbitmq/mnesia"
-REDIS_CONTAINER_DATA_DIR = "/data"
-
-_BROKER_COMMS = {"redis": ("redis-server",), "rabbitmq": ("beam.smp",)}
-
-
-def redis_image() -> str:
-    return os.environ.get("BROKERSTACK_REDIS_IMAGE", DEFAULT_REDIS_IMAGE)
-
-
-def rabbitmq_image() -> str:
-    return os.environ.get("BROKERSTACK_RABBITMQ_IMAGE", DEFAULT_RABBITMQ_IMAGE)
 
 
 def docker_client(timeout: float = 60.0) -> docker_sdk.DockerClient:
@@ -217,10 +172,7 @@ class DockerNode(BrokerNode):
         return pid if pid > 0 else None
 
     def pid(self) -> int | None:
-        root = self._root_pid()
-        if root is None:
-            return None
-        return proctree.find_in_tree(root, _BROKER_COMMS[self.kind]) or root
+        return self._broker_pid(self._root_pid())
 
     def _wait_not_running(self) -> None:
         poll(
@@ -294,124 +246,6 @@ class DockerNode(BrokerNode):
         )
 
 
-class DockerRedisNode(RedisEndpoints, DockerNode):
-    kind = "redis"
-
-    def __init__(
-        self,
-        name: str | None = None,
-        options: RedisOptions | None = None,
-        *,
-        image: str | None = None,
-        tls: TLSFiles | None = None,
-        tls_auth_clients: str = "optional",
-    ) -> None:
-        """``tls``: serve TLS only with these certificates (url rediss://), as the process driver does."""
-        super().__init__(name or f"brokerstack-test-redis-{random_suffix()}", image or redis_image())
-        self.options = options or RedisOptions()
-        self._port = free_port()
-        self.tls = tls
-        self.tls_auth_clients = tls_auth_clients
-
-    @property
-    def url(self) -> str:
-        return super().url.replace("redis://", "rediss://", 1) if self.tls else super().url
-
-    def _build(self) -> Any:
-        auth = self.tls_auth_clients if self.tls else None
-        container = self._new_container(command=redis_docker_args(self.options, tls_auth_clients=auth))
-        # (address, port) pins the published port to loopback; testcontainers'
-        # with_bind_ports() would publish on 0.0.0.0.
-        container.ports[f"{REDIS_CONTAINER_PORT}/tcp"] = (LOOPBACK, self._port)
-        if self.data_mount is not None:
-            container.with_volume_mapping(str(self.data_mount), REDIS_CONTAINER_DATA_DIR, "rw")
-        if self.tls is not None:
-            # World-readable: the image runs redis-server as its own user. Throw-away test keys only.
-            for source, target in (
-                (self.tls.server_cert, "server.crt"),
-                (self.tls.server_key, "server.key"),
-                (self.tls.ca_cert, "ca.crt"),
-            ):
-                container.with_copy_into_container(source.read_bytes(), f"{REDIS_CONTAINER_TLS_DIR}/{target}", 0o644)
-        return container
-
-    def _probe(self) -> str:
-        return redis_probe(self._port, tls=self.tls)
-
-
-class DockerRabbitNode(RabbitEndpoints, DockerNode):
-    kind = "rabbitmq"
-
-    def __init__(
-        self,
-        name: str | None = None,
-        options: RabbitOptions | None = None,
-        *,
-        image: str | None = None,
-        network: Any | None = None,
-        cookie: str | None = None,
-        cluster_nodes: Sequence[str] = (),
-    ) -> None:
-        """network/cookie/cluster_nodes are set by RabbitCluster: a
-        user-defined network (container names resolve there), the shared Erlang
-        cookie, and the peers' node names for classic_config discovery."""
-        super().__init__(name or f"brokerstack-test-rabbitmq-{random_suffix()}", image or rabbitmq_image())
-        self.options = options or RabbitOptions()
-        self.network = network
-        self.cookie = cookie
-        self.cluster_nodes = tuple(cluster_nodes)
-        self._port = free_port()
-        self._management_port = free_port() if self.options.management else None
-
-    @property
-    def node_name(self) -> str:
-        return f"rabbit@{self.name}"
-
-    def _build(self) -> Any:
-        container = self._new_container()
-        if self.network is not None:
-            container.with_network(self.network).with_network_aliases(self.name)
-        container.with_envs(
-            RABBITMQ_DEFAULT_USER=self.options.user,
-            RABBITMQ_DEFAULT_PASS=self.options.password,
-            RABBITMQ_DEFAULT_VHOST=self.options.vhost,
-        )
-        container.ports[f"{AMQP_CONTAINER_PORT}/tcp"] = (LOOPBACK, self._port)
-        if self._management_port is not None:
-            container.ports[f"{MANAGEMENT_CONTAINER_PORT}/tcp"] = (LOOPBACK, self._management_port)
-        # Copied in between create and start: the entrypoint then chowns
-        # /var/lib/rabbitmq (cookie included) to rabbitmq, keeping mode 400.
-        conf = render_rabbitmq_conf(self.options, cluster_nodes=self.cluster_nodes)
-        container.with_copy_into_container(conf.encode(), RABBIT_CONF_D_FILE, 0o644)
-        container.with_copy_into_container(
-            render_enabled_plugins(self.options.management).encode(), RABBIT_PLUGINS_FILE, 0o644
-        )
-        if self.cookie is not None:
-            container.with_copy_into_container(self.cookie.encode(), RABBIT_COOKIE_FILE, 0o400)
-        if self.data_mount is not None:
-            # Only the message store and schema database: the cookie and config stay in the image's dirs.
-            container.with_volume_mapping(str(self.data_mount), RABBIT_MNESIA_DIR, "rw")
-        return container
-
-    def _probe(self) -> str:
-        return amqp_probe(self._port, self.options)
-
-    def rabbitmqctl(self, *args: str, timeout: float = 60) -> str:
-        """Run rabbitmqctl inside the container; returns stdout, NodeError on
-        failure.  timeout is accepted for parity with the process driver only."""
-        if self._container is None:
-            raise NodeError(f"{self.describe()} was never started")
-        # exec_run has no deadline of its own; the CLI gives up on an
-        # unreachable node by itself.
-        result = self._container.exec_run(["rabbitmqctl", *args], demux=True)
-        stdout, stderr = (part.decode(errors="replace") if part else "" for part in result.output)
-        if result.exit_code != 0:
-            raise NodeError(
-                f"rabbitmqctl {' '.join(args)} in {self.name} exited {result.exit_code}: {(stderr or stdout).strip()}"
-            )
-        return stdout
-
-
 def create_network(name: str) -> Any:
     """A user-defined bridge network named name (container names resolve on
     it), labelled for stale cleanup; a testcontainers Network."""
@@ -429,3 +263,18 @@ def remove_network(network: Any) -> None:
         network.remove()
     except docker.errors.NotFound:
         pass
+
+
+#: Names that moved to the vendor packages, still importable from here for modules that have not
+#: switched yet (lab.harness.nodes.cluster, .sentinel, the power-loss scenario).
+_MOVED = {
+    "DEFAULT_REDIS_IMAGE": "lab.harness.vendors.redis.nodes",
+    "REDIS_CONTAINER_DATA_DIR": "lab.harness.vendors.redis.nodes",
+    "DockerRedisNode": "lab.harness.vendors.redis.nodes",
+    "redis_image": "lab.harness.vendors.redis.nodes",
+    "DEFAULT_RABBITMQ_IMAGE": "lab.harness.vendors.rabbitmq.nodes",
+    "DockerRabbitNode": "lab.harness.vendors.rabbitmq.nodes",
+    "rabbitmq_image": "lab.harness.vendors.rabbitmq.nodes",
+}
+
+__getattr__ = moved_names(__name__, _MOVED)

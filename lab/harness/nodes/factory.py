@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from .base import BrokerKind, BrokerNode, DriverName, RabbitOptions, RedisOptions
 from .tls import TLSFiles
@@ -41,35 +41,33 @@ def make_node(
     kind: BrokerKind,
     driver: DriverChoice | None = None,
     *,
+    options: Any = None,
     redis: RedisOptions | None = None,
     rabbit: RabbitOptions | None = None,
     name: str | None = None,
     base_dir: str | Path | None = None,
 ) -> BrokerNode:
-    """A not-yet-started node of kind on the chosen driver.
+    """A not-yet-started node of kind on the chosen driver (its vendor builds it:
+    lab.harness.vendors).
 
-    Options of the other kind are an error rather than silently ignored.
+    ``options``: the broker's node options, whatever its kind (``redis=`` and ``rabbit=`` say
+    which kind they are for). Options of another kind are an error rather than silently ignored.
     base_dir only matters to the process driver (default
     $BROKERSTACK_NODES_DIR or /tmp/brokerstack-nodes).
     """
-    if kind not in get_args(BrokerKind):
+    from lab.harness.vendors import VENDORS
+
+    vendor = VENDORS.get(kind)
+    if vendor is None:
         raise ValueError(f"kind must be one of {get_args(BrokerKind)}, not {kind!r}")
-    if kind == "redis" and rabbit is not None:
-        raise ValueError("RabbitOptions given for a redis node")
-    if kind == "rabbitmq" and redis is not None:
-        raise ValueError("RedisOptions given for a rabbitmq node")
-    chosen = resolve_driver(driver)
-    if chosen == "docker":
-        from .docker import DockerRabbitNode, DockerRedisNode
-
-        if kind == "redis":
-            return DockerRedisNode(name, redis)
-        return DockerRabbitNode(name, rabbit)
-    from .process import ProcessRabbitNode, ProcessRedisNode
-
-    if kind == "redis":
-        return ProcessRedisNode(name, redis, base_dir=base_dir)
-    return ProcessRabbitNode(name, rabbit, base_dir=base_dir)
+    by_kind = {"redis": redis, "rabbit": rabbit}
+    stray = [field for field, value in by_kind.items() if value is not None and field != vendor.options_field]
+    if stray:
+        raise ValueError(f"{stray[0]} options given for a {kind} node")
+    chosen = by_kind.get(vendor.options_field)
+    if options is not None and chosen is not None:
+        raise ValueError("give the node options once: options= or the kind's own keyword")
+    return vendor.make_node(resolve_driver(driver), options or chosen, name=name, base_dir=base_dir)
 
 
 def make_tls_redis_node(
@@ -77,10 +75,8 @@ def make_tls_redis_node(
 ) -> BrokerNode:
     """A not-yet-started TLS-only Redis (url rediss://127.0.0.1:<port>/0) serving ``tls``'s server
     certificate; ``tls_auth_clients`` "yes" also requires a client certificate signed by its CA."""
+    from lab.harness.vendors.redis.nodes import DockerRedisNode, ProcessRedisNode
+
     if resolve_driver(driver) == "docker":
-        from .docker import DockerRedisNode
-
         return DockerRedisNode(tls=tls, tls_auth_clients=tls_auth_clients)
-    from .process import ProcessRedisNode
-
     return ProcessRedisNode(tls=tls, tls_auth_clients=tls_auth_clients)

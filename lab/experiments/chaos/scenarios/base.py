@@ -68,7 +68,7 @@ class Scenario:
 
     def fault_period(self, setup: Setup, options: RunOptions) -> float:
         """Rough seconds one fault takes until the stack works again (sizes the automatic rate)."""
-        return 4.0 if setup.broker == "redis" else 12.0
+        return setup.vendor.recovery_seconds
 
     def auto_rate(self, setup: Setup, options: RunOptions) -> float:
         """A publish rate at which the load spans all the faults: every fault lands mid-stream

@@ -111,17 +111,15 @@ class PublishKill(Scenario):
         o = ctx.options
         rounds = max(1, o.kills)
         sizes = [o.tasks // rounds + (1 if r < o.tasks % rounds else 0) for r in range(rounds)]
-        confirm = bool(ctx.setup.settings.get("rabbitmq_confirm_publish", True))
+        confirm = ctx.setup.vendor.confirms_publishes(ctx.setup.settings)
         quorum = ctx.setup.settings.get("rabbitmq_queue_type") == "quorum"
-        ctx.record.details.update(
-            confirm_publish=confirm if ctx.setup.broker == "rabbitmq" else None, rounds=rounds, messages_per_round=sizes
-        )
+        ctx.record.details.update(confirm_publish=confirm, rounds=rounds, messages_per_round=sizes)
         load_s = 0.0
         consumed_all = True
         for r, size in enumerate(sizes):
             queue = f"brokerstack.chaos.publish-kill.{ctx.run_id}.{r}"
             ctx.emit("load", f"round {r + 1}/{rounds}: publishing {size}", force=True)
-            published_at, last_return = self._publish(ctx, node.url, queue, size, r, confirm, quorum)
+            published_at, last_return = self._publish(ctx, node.url, queue, size, r, quorum)
             load_s += last_return - published_at
             # The fact under test: what a broker killed right after the publishes returned keeps.
             remaining = last_return + o.kill_after - time.time()
@@ -156,12 +154,12 @@ class PublishKill(Scenario):
         return exchange, Queue(queue, exchange, routing_key=queue, durable=True, queue_arguments=arguments)
 
     def _publish(
-        self, ctx: ChaosRun, url: str, queue_name: str, size: int, round_: int, confirm: bool, quorum: bool
+        self, ctx: ChaosRun, url: str, queue_name: str, size: int, round_: int, quorum: bool
     ) -> tuple[float, float]:
         from kombu import Connection
 
         exchange, queue = self._declarations(queue_name, quorum)
-        options = {"confirm_publish": confirm} if ctx.setup.broker == "rabbitmq" else {}
+        options = ctx.setup.vendor.publish_options(ctx.setup.settings)
         conn = Connection(url, transport_options=options, connect_timeout=5)
         try:
             channel = conn.channel()

@@ -53,8 +53,8 @@ class WorkerKill(Scenario):
         return super().auto_rate(setup, options)
 
     def fault_period(self, setup: Setup, options: RunOptions) -> float:
-        redelivery = options.visibility_timeout + options.restore_interval * options.restore_throttle
-        return options.long_task_seconds + 4.0 + (redelivery if setup.broker == "redis" else 1.0)
+        redelivery = setup.vendor.redelivery_delay(options) + setup.vendor.requeue_seconds
+        return options.long_task_seconds + 4.0 + redelivery
 
     def run(self, ctx: ChaosRun) -> None:
         if ctx.options.duration is not None:
@@ -84,8 +84,9 @@ class WorkerKill(Scenario):
             mine = [f.get("redelivery_s") for f in ctx.record.faults if f["target"] == target]
             if mine:
                 ctx.timings[f"redelivery_delay_s_{target}"] = summarize(mine)
-        if ctx.setup.broker == "redis":
-            ctx.record.details["redelivery_bound_s"] = o.visibility_timeout + o.restore_interval * o.restore_throttle
+        bound = ctx.setup.vendor.unacked_redelivery_delay(o)
+        if bound is not None:
+            ctx.record.details["redelivery_bound_s"] = bound
         describe_errors(ctx)
 
     def kill_one(self, ctx: ChaosRun, n: int, target: str) -> dict[str, Any] | None:
@@ -128,10 +129,9 @@ class WorkerKill(Scenario):
                     seen[entry.task_id] = entry.t
             return seen if len(seen) == len(ids) else None
 
-        if ctx.setup.broker == "redis" and target == "worker":
-            bound = o.visibility_timeout + o.restore_interval * o.restore_throttle + o.long_task_seconds + 60
-        else:
-            bound = o.long_task_seconds + 60
+        # A killed pool process' task fails its worker's own redelivery at once; a killed worker's
+        # wait for the broker to hand them out again.
+        bound = o.long_task_seconds + 60 + (ctx.setup.vendor.redelivery_delay(o) if target == "worker" else 0.0)
         seen = ctx.wait_until(restarted, bound, "the killed tasks to run again", phase="fault") or {}
         delays = sorted(t - killed_at for t in seen.values())
         fault["redelivery_s"] = delays[-1] if len(delays) == len(ids) and delays else None

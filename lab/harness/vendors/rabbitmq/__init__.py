@@ -1,0 +1,5 @@
+"""RabbitMQ in the lab: its nodes (nodes.py) and its vendor object (vendor.py)."""
+
+from lab.harness.vendors.rabbitmq.vendor import VENDOR, RabbitMQVendor
+
+__all__ = ["VENDOR", "RabbitMQVendor"]

@@ -1,0 +1,5 @@
+"""Redis in the lab: its nodes (nodes.py) and its vendor object (vendor.py)."""
+
+from lab.harness.vendors.redis.vendor import VENDOR, RedisVendor
+
+__all__ = ["VENDOR", "RedisVendor"]
