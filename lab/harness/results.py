@@ -9,7 +9,7 @@ import platform
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 #: Overrides the results directory (default: ``results/`` in the current directory).
 RESULTS_DIR_ENV = "BROKERSTACK_RESULTS_DIR"
@@ -74,13 +74,26 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine()}
 
 
-def write_record(category: str, name: str, record: dict[str, Any]) -> Path:
-    """Write ``record`` as ``<results>/<category>/<name>.json`` (replacing an older run of the
-    same name) and return the path."""
-    path = results_dir() / category / f"{name}.json"
+class Record(Protocol):
+    """A typed record: its JSON object is ``to_dict()``."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """``data`` as indented JSON at ``path``, atomically: a reader sees the old file or the new one,
+    never half of one (written beside it, then renamed over it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def write_record(category: str, name: str, record: dict[str, Any] | Record, *, root: str | Path | None = None) -> Path:
+    """Write ``record`` as ``<results>/<category>/<name>.json`` (replacing an older run of the
+    same name), headed by ``written_at``, and return the path. ``<results>`` is ``root`` if given,
+    else :func:`results_dir`."""
+    data = record if isinstance(record, dict) else record.to_dict()
+    path = (Path(root) if root else results_dir()) / category / f"{name}.json"
+    return write_json(path, {"written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **data})

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+from lab.experiments.bench.records import BenchRecord, Rate
+
 #: No timestamps or versions inside the PNGs: the same records give the same bytes.
 _PNG_METADATA = {"Software": None}
 POOLS = ("solo", "threads", "prefork", "gevent")
@@ -23,33 +25,29 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _pools_present(bench: list[dict[str, Any]]) -> list[str]:
-    return [p for p in POOLS if any(((r.get("end_to_end") or {}).get("pools") or {}).get(p) for r in bench)]
+def _pools_present(bench: list[BenchRecord]) -> list[str]:
+    return [p for p in POOLS if any(r.pool(p) for r in bench)]
 
 
-def _drain(record: dict[str, Any], pool: str, *, defaults: bool) -> dict[str, Any]:
-    section = ((record.get("end_to_end") or {}).get("pools") or {}).get(pool) or {}
-    if defaults:
-        section = section.get("defaults") or {}
-    return section.get("consume") or {}
+def _drain(record: BenchRecord, pool: str, *, defaults: bool) -> Rate:
+    return record.drain(pool, defaults=defaults) or Rate()
 
 
-def _ceiling(record: dict[str, Any]) -> dict[str, Any]:
+def _ceiling(record: BenchRecord) -> Rate:
     """The raw consume the record's ratios are taken against (its best client; ``consume`` in records
     from before the ceiling was the best client)."""
-    basis = (record.get("ratios") or {}).get("raw_consume_basis") or "consume"
-    return (record.get("raw") or {}).get(basis) or {}
+    return record.ceiling() or Rate()
 
 
-def throughput_chart(bench: list[dict[str, Any]], path: Path) -> Path | None:
+def throughput_chart(bench: list[BenchRecord], path: Path) -> Path | None:
     """Per setup: the raw consume ceiling, then for every pool measured the fire-and-forget drain
     (solid) beside the defaults drain users run (hatched); whiskers are the repetitions' range. Log
     scale: the defaults run an order of magnitude below the ceiling and must still be readable."""
     if not bench:
         return None
     pools = _pools_present(bench)
-    setups = [r["setup"] for r in bench]
-    bars: list[tuple[str, list[dict[str, Any]], dict[str, Any]]] = [
+    setups = [r.setup for r in bench]
+    bars: list[tuple[str, list[Rate], dict[str, Any]]] = [
         ("raw client consume", [_ceiling(r) for r in bench], {"color": "0.55"})
     ]
     colours = plt.get_cmap("tab10")
@@ -67,11 +65,11 @@ def throughput_chart(bench: list[dict[str, Any]], path: Path) -> Path | None:
     width = 0.85 / len(bars)
     for i, (label, sections, style) in enumerate(bars):
         xs = [x + i * width for x in range(len(setups))]
-        values = [s.get("per_s") or 0 for s in sections]
-        low = [max(v - (s.get("per_s_min") or v), 0) for v, s in zip(values, sections, strict=True)]
-        high = [max((s.get("per_s_max") or v) - v, 0) for v, s in zip(values, sections, strict=True)]
+        values = [s.per_s or 0 for s in sections]
+        low = [max(v - (s.per_s_min or v), 0) for v, s in zip(values, sections, strict=True)]
+        high = [max((s.per_s_max or v) - v, 0) for v, s in zip(values, sections, strict=True)]
         # Whiskers only where the record has repetitions: one run has no range to draw.
-        ranged = any((s.get("repeats") or 1) > 1 for s in sections)
+        ranged = any((s.repeats or 1) > 1 for s in sections)
         errors: dict[str, Any] = {"yerr": [low, high], "capsize": 2} if ranged else {}
         ax.bar(xs, values, width, label=label, **errors, **style)
         for x, v in zip(xs, values, strict=True):
@@ -86,17 +84,20 @@ def throughput_chart(bench: list[dict[str, Any]], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def latency_chart(bench: list[dict[str, Any]], path: Path, pool: str = "solo") -> Path | None:
+def latency_chart(bench: list[BenchRecord], path: Path, pool: str = "solo") -> Path | None:
     """Per setup: enqueue-to-finish p50/p95/p99 under steady load."""
-    rows = [(r["setup"], ((r["end_to_end"].get("pools") or {}).get(pool) or {}).get("latency", {})) for r in bench]
-    rows = [(setup, lat.get("enqueue_to_finish_ms") or {}) for setup, lat in rows]
-    rows = [(setup, lat) for setup, lat in rows if lat.get("n")]
+    rows = []
+    for r in bench:
+        result = r.pool(pool)
+        finish = result.latency.enqueue_to_finish_ms if result and result.latency else None
+        if finish is not None and finish.n:
+            rows.append((r.setup, finish))
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.27
     for i, pct in enumerate(("p50", "p95", "p99")):
-        ax.bar([x + i * width for x in range(len(rows))], [lat[pct] for _, lat in rows], width, label=pct)
+        ax.bar([x + i * width for x in range(len(rows))], [getattr(lat, pct) for _, lat in rows], width, label=pct)
     ax.set_xticks([x + width for x in range(len(rows))], [setup for setup, _ in rows], rotation=15)
     ax.set_ylabel("milliseconds")
     ax.set_yscale("log")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.experiments.bench import READABLE_SCHEMAS as BENCH_SCHEMAS
-from lab.experiments.bench.records import upgrade_record
+from lab.experiments.bench.records import READABLE_SCHEMAS as BENCH_SCHEMAS
+from lab.experiments.bench.records import BenchRecord, read_record
 from lab.experiments.chaos.record import load_records as load_chaos_records
 from lab.experiments.chaos.record import record_mode, record_size, record_transport
 from lab.harness.results import (
@@ -49,25 +49,34 @@ class Sources:
 
     root: Path
     chaos: list[dict[str, Any]] = field(default_factory=list)
-    bench: list[dict[str, Any]] = field(default_factory=list)
+    bench: list[BenchRecord] = field(default_factory=list)
     priority: list[dict[str, Any]] = field(default_factory=list)
     cited: dict[str, Source] = field(default_factory=dict)
     #: Chaos records left out for being below the published size (one line each, for a warning).
     unpublished: list[str] = field(default_factory=list)
 
-    def cite(self, record: dict[str, Any]) -> str:
+    #: Labels of the typed records (which carry no ``_label`` key), by identity.
+    _labels: dict[int, str] = field(default_factory=dict)
+
+    def cite(self, record: dict[str, Any] | BenchRecord) -> str:
         """The record's label, as a Markdown reference link."""
+        if isinstance(record, BenchRecord):
+            return f"[{self._labels[id(record)]}]"
         return f"[{record['_label']}]"
 
     def label_all(self) -> None:
-        for prefix, records, describe in (
-            ("C", self.chaos, _describe_chaos),
-            ("B", self.bench, _describe_bench),
-            ("P", self.priority, _describe_priority),
-        ):
-            for number, record in enumerate(records, start=1):
-                record["_label"] = f"{prefix}{number}"
-                self.cited[record["_label"]] = Source(record["_label"], Path(record["_path"]), describe(record))
+        self._label_dicts("C", self.chaos, _describe_chaos)
+        for number, bench in enumerate(self.bench, start=1):
+            label = f"B{number}"
+            self._labels[id(bench)] = label
+            assert bench.source is not None
+            self.cited[label] = Source(label, bench.source, _describe_bench(bench))
+        self._label_dicts("P", self.priority, _describe_priority)
+
+    def _label_dicts(self, prefix: str, records: list[dict[str, Any]], describe: Any) -> None:
+        for number, record in enumerate(records, start=1):
+            record["_label"] = f"{prefix}{number}"
+            self.cited[record["_label"]] = Source(record["_label"], Path(record["_path"]), describe(record))
 
 
 def load_sources(root: Path, *, min_chaos_tasks: int = 0) -> Sources:
@@ -116,24 +125,24 @@ def _json_records(directory: Path, schemas: tuple[str, ...]) -> list[dict[str, A
     return records
 
 
-def _latest_bench(root: Path) -> list[dict[str, Any]]:
+def _latest_bench(root: Path) -> list[BenchRecord]:
     """One completed bench record per setup and driver, read as the current schema: a full run
     before a quick one, then one that compared both Redis transports, then the newest."""
-    best: dict[tuple[str, str], dict[str, Any]] = {}
+    best: dict[tuple[str, str], BenchRecord] = {}
     for raw in _json_records(root / "bench", BENCH_SCHEMAS):
         if raw.get("status") != "completed":
             continue
-        record = upgrade_record(raw)
-        record["_path"] = raw["_path"]
-        key = (record["setup"], record["driver"])
+        path = raw.pop("_path")
+        record = read_record(raw, path)
+        key = (record.setup, record.driver or "")
         current = best.get(key)
         if current is None or _bench_rank(record) > _bench_rank(current):
             best[key] = record
     return [best[key] for key in sorted(best)]
 
 
-def _bench_rank(record: dict[str, Any]) -> tuple[bool, int, str]:
-    return (record.get("mode") == "full", len(record.get("transports") or []), record.get("started_at", ""))
+def _bench_rank(record: BenchRecord) -> tuple[bool, int, str]:
+    return (record.mode == "full", len(record.transports or []), record.started_at or "")
 
 
 def _describe_chaos(r: dict[str, Any]) -> str:
@@ -144,10 +153,10 @@ def _describe_chaos(r: dict[str, Any]) -> str:
     )
 
 
-def _describe_bench(r: dict[str, Any]) -> str:
+def _describe_bench(r: BenchRecord) -> str:
     return (
-        f"bench {r['setup']} ({r['mode']}, {r['driver']}, {r.get('broker_version', '?')}), "
-        f"run {r['run_id']} of {r.get('started_at', '?')[:16]}Z"
+        f"bench {r.setup} ({r.mode}, {r.driver}, {r.broker_version or '?'}), "
+        f"run {r.run_id} of {(r.started_at or '?')[:16]}Z"
     )
 
 

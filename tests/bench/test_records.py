@@ -1,15 +1,18 @@
-"""Bench records without a broker: the noise rule of the side-by-side comparison, and older records
-read as the current schema."""
+"""Bench records without a broker: the noise rule of the side-by-side comparison, older records
+read as the current schema, and every committed record read into the typed record and written back
+unchanged."""
 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lab.experiments.bench import SCHEMA, available_pools
-from lab.experiments.bench.records import V1, upgrade_record
+from lab.experiments.bench.records import V1, BenchRecord, load_record, upgrade_record
 from lab.experiments.bench.runner import BenchParams
 from lab.experiments.bench.stats import compare, median_of_runs
 
@@ -126,6 +129,7 @@ def test_a_single_transport_run_never_replaces_the_side_by_side_record() -> None
 def test_the_raw_ceiling_is_the_median_of_alternated_runs_of_the_best_client() -> None:
     from lab.experiments.bench import raw
     from lab.experiments.bench.runner import compute_ratios
+    from lab.experiments.bench.vendors import bench_vendor
 
     def run(publish: float, batched: float) -> dict[str, Any]:
         return {
@@ -139,23 +143,112 @@ def test_the_raw_ceiling_is_the_median_of_alternated_runs_of_the_best_client() -
     assert section["repeats"] == 3 and section["client"] == "redis-py"
     batched = section["consume_batched"]
     assert (batched["per_s"], batched["per_s_min"], batched["per_s_max"]) == (5000.0, 4000.0, 6000.0)
-    record: dict[str, Any] = {"broker": "redis", "raw": section, "end_to_end": {"pools": {}}, "parameters": {}}
-    ratios = compute_ratios(record)
-    assert (ratios["raw_consume_basis"], ratios["raw_consume_per_s"]) == ("consume_batched", 5000.0)
-    assert (ratios["raw_publish_basis"], ratios["raw_publish_per_s"]) == ("publish_pipelined", 1000.0)
+    record: dict[str, Any] = {
+        "setup": "redis-everysec",
+        "broker": "redis",
+        "raw": section,
+        "end_to_end": {"pools": {}},
+        "parameters": {},
+    }
+    ratios = compute_ratios(BenchRecord.from_dict(record))
+    assert (ratios.raw_consume_basis, ratios.raw_consume_per_s) == ("consume_batched", 5000.0)
+    assert (ratios.raw_publish_basis, ratios.raw_publish_per_s) == ("publish_pipelined", 1000.0)
     # RabbitMQ: confirms in a window where the setup confirms, plain publishes where it does not.
-    assert raw.ceiling_keys("rabbitmq", True) == ("publish_confirm_pipelined", "consume_batched")
-    assert raw.ceiling_keys("rabbitmq", False) == ("publish", "consume_batched")
+    rabbitmq = bench_vendor("rabbitmq")
+    assert rabbitmq.ceiling_keys(True) == ("publish_confirm_pipelined", "consume_batched")
+    assert rabbitmq.ceiling_keys(False) == ("publish", "consume_batched")
     # Batching gains outside the noise here; pipelined publishes do not (the ranges overlap).
-    verdicts = ratios["raw_verdicts"]
-    assert verdicts["consume_batched vs consume"]["verdict"] == "consume_batched faster"
+    assert ratios.raw_verdicts is not None
+    assert ratios.raw_verdicts["consume_batched vs consume"]["verdict"] == "consume_batched faster"
     section["publish"] = median_of_runs([{"per_s": v} for v in (950.0, 1050.0, 1000.0)])
-    verdicts = compute_ratios({**record, "raw": section})["raw_verdicts"]
-    assert verdicts["publish_pipelined vs publish"]["verdict"] == "no difference"
+    verdicts = compute_ratios(BenchRecord.from_dict({**record, "raw": section})).raw_verdicts
+    assert verdicts is not None and verdicts["publish_pipelined vs publish"]["verdict"] == "no difference"
     # A record from before the batched ceiling keeps the figures it has.
     old = {**record, "raw": {"consume": {"per_s": 100.0}, "publish": {"per_s": 50.0}}}
-    assert compute_ratios(old)["raw_consume_basis"] == "consume"
+    assert compute_ratios(BenchRecord.from_dict(old)).raw_consume_basis == "consume"
 
 
 def test_make_measure_runs_three_repetitions_by_default() -> None:
     assert BenchParams().repeats >= 3
+
+
+COMMITTED = sorted((Path(__file__).resolve().parents[2] / "results" / "bench").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_a_committed_record_reads_typed_and_writes_back_byte_for_byte(path: Path) -> None:
+    """The published records are contracts: reading one into the typed record and writing it again
+    gives the same JSON, same keys in the same order, nothing added or dropped."""
+    text = path.read_text()
+    data = json.loads(text)
+    record = BenchRecord.from_dict(data)
+    assert json.dumps(record.to_dict(), indent=2) + "\n" == text
+    # Read as the current schema: typed sections, every pool's drains in reach by attribute.
+    current = load_record(path)
+    assert current.to_dict() == upgrade_record(data)
+    assert current.source == path and current.setup == data["setup"] and current.broker == data["broker"]
+    assert current.end_to_end is not None and current.pools
+    for name, result in current.pools.items():
+        assert (
+            result.consume is not None and result.consume.per_s == data["end_to_end"]["pools"][name]["consume"]["per_s"]
+        )
+        assert result.drain(defaults=True) is not None
+    ceiling = current.ceiling()
+    assert (
+        ceiling is not None
+        and ceiling.per_s == data["raw"][(data["ratios"].get("raw_consume_basis") or "consume")]["per_s"]
+    )
+    assert current.ratios is not None and current.ratios.e2e_vs_raw_consume == data["ratios"]["e2e_vs_raw_consume"]
+
+
+def test_the_committed_records_are_all_read() -> None:
+    assert len(COMMITTED) >= 6
+
+
+def test_unknown_fields_survive_a_round_trip() -> None:
+    data = {**V1_RECORD, "schema": SCHEMA, "from_a_newer_writer": {"x": 1}}
+    data["end_to_end"] = {**V1_RECORD["end_to_end"], "later": [1, 2]}
+    assert BenchRecord.from_dict(data).to_dict() == data
+
+
+def test_a_record_built_in_code_writes_only_what_was_set(tmp_path: Path) -> None:
+    from lab.harness.results import write_record
+
+    record = BenchRecord(schema_=SCHEMA, setup="redis-everysec", broker="redis", status="completed", errors=[])
+    record.aux_version = "redis 8"
+    path = write_record("bench", "x", record, root=tmp_path)
+    assert path == tmp_path / "bench" / "x.json"
+    written = json.loads(path.read_text())
+    assert list(written) == ["written_at", "schema", "setup", "broker", "status", "errors", "aux_version"]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_every_broker_profile_has_a_bench_vendor() -> None:
+    from lab.experiments.bench.vendors import BENCH_VENDORS
+    from worker.brokers import PROFILES
+
+    assert set(BENCH_VENDORS) == set(PROFILES)
+    assert all(name == vendor.name for name, vendor in BENCH_VENDORS.items())
+
+
+def test_the_report_says_which_ceiling_each_record_was_measured_against(tmp_path: Path) -> None:
+    """The goal was set against the one-message ceiling: the report names the records measured
+    against it, and says the batched ceiling is not judged by the goal."""
+    from lab.report.render import Report
+    from lab.report.sources import load_sources
+
+    old = COMMITTED[0]
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / old.name).write_text(old.read_text())
+
+    def speed() -> str:
+        text = Report(load_sources(tmp_path), tmp_path / "doc.md", tmp_path / "img", draw_charts=False).render()
+        return text.split("### Throughput against the raw client ceiling", 1)[1].split("\n### ", 1)[0]
+
+    assert "The records [B1] are older: their ceiling is the one-message client" in speed()
+    data = json.loads(old.read_text())
+    data["ratios"]["raw_consume_basis"] = "consume_batched"
+    (tmp_path / "bench" / old.name).write_text(json.dumps(data))
+    batched = speed()
+    assert "are older" not in batched
+    assert "RPOP with a count" in batched and "not judged by it" in batched

@@ -163,7 +163,7 @@ def test_a_record_comparing_both_transports_wins_over_a_newer_one_that_did_not(t
     newer.update(started_at="2026-03-01T00:00:00Z", transports=["kombu"], run_id="newer")
     (tmp_path / "bench" / "redis-everysec-docker-kombu.json").write_text(json.dumps(newer))
     (bench,) = load_sources(tmp_path).bench
-    assert bench["transports"] == ["brokerstack", "kombu"]
+    assert bench.transports == ["brokerstack", "kombu"]
 
 
 def test_charts_mark_zero_lost_and_show_defaults_and_every_pool(tmp_path: Path):

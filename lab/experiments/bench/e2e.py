@@ -26,7 +26,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from lab.experiments.bench.raw import CapturedMessage
 from lab.experiments.bench.stats import latency_ms, rate
@@ -51,57 +51,81 @@ def redis_queue_keys(queue: str) -> list[str]:
     return [queue if p == 0 else f"{queue}{REDIS_PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
 
 
-class QueueDepth:
-    """Messages of one work queue still in the broker (Redis: ready + unacked)."""
+class Depth(Protocol):
+    """Messages of one work queue still in the broker; ``purge`` empties it."""
 
-    def __init__(self, broker: str, url: str, queue: str = DEFAULT_QUEUE) -> None:
-        self.broker = broker
+    def __call__(self) -> int: ...
+    def purge(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class RedisQueueDepth:
+    """Messages of one work queue still in Redis: ready (every priority list) + unacked."""
+
+    def __init__(self, url: str, queue: str = DEFAULT_QUEUE) -> None:
+        import redis
+
+        from lab.harness.stacks import REDIS_UNACKED_KEY
+        from worker.brokers import redis as redis_broker
+
         self.url = url
         self.queue = queue
-        if broker == "redis":
-            import redis
-
-            from lab.harness.stacks import REDIS_UNACKED_KEY
-            from worker.brokers import redis as redis_broker
-
-            self._client = redis.Redis.from_url(url, socket_timeout=10)
-            self._keys = redis_queue_keys(queue)
-            self._unacked = REDIS_UNACKED_KEY
-            # Rings left by one run would wake the next run's idle consumer for nothing (a
-            # transport without doorbells has none to clear).
-            ring = getattr(redis_broker, "doorbell_key", None)
-            self._extra = [ring(queue)] if ring else []
-        else:
-            from kombu import Connection
-
-            self._conn = Connection(url)
-            self._channel = self._conn.channel()
+        self._client = redis.Redis.from_url(url, socket_timeout=10)
+        self._keys = redis_queue_keys(queue)
+        self._unacked = REDIS_UNACKED_KEY
+        # Rings left by one run would wake the next run's idle consumer for nothing (a
+        # transport without doorbells has none to clear).
+        ring = getattr(redis_broker, "doorbell_key", None)
+        self._extra = [ring(queue)] if ring else []
 
     def __call__(self) -> int:
-        if self.broker == "redis":
-            pipe = self._client.pipeline(transaction=False)
-            for key in self._keys:
-                pipe.llen(key)
-            pipe.hlen(self._unacked)
-            return sum(int(n) for n in pipe.execute())
+        pipe = self._client.pipeline(transaction=False)
+        for key in self._keys:
+            pipe.llen(key)
+        pipe.hlen(self._unacked)
+        return sum(int(n) for n in pipe.execute())
+
+    def purge(self) -> None:
+        self._client.delete(*self._keys, self._unacked, "unacked_index", *self._extra)
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class AmqpQueueDepth:
+    """Ready messages of one work queue on RabbitMQ (a passive ``queue.declare``)."""
+
+    def __init__(self, url: str, queue: str = DEFAULT_QUEUE) -> None:
+        from kombu import Connection
+
+        self.url = url
+        self.queue = queue
+        self._conn = Connection(url)
+        self._channel = self._conn.channel()
+
+    def __call__(self) -> int:
         _, count, _ = self._channel.queue_declare(queue=self.queue, passive=True)
         return int(count)
 
     def purge(self) -> None:
-        if self.broker == "redis":
-            self._client.delete(*self._keys, self._unacked, "unacked_index", *self._extra)
-        else:
-            self._channel.queue_purge(self.queue)
+        self._channel.queue_purge(self.queue)
 
     def close(self) -> None:
         try:
-            if self.broker == "redis":
-                self._client.close()
-            else:
-                self._channel.close()
-                self._conn.release()
+            self._channel.close()
+            self._conn.release()
         except Exception:  # noqa: BLE001
             pass
+
+
+def QueueDepth(broker: str, url: str, queue: str = DEFAULT_QUEUE) -> Depth:
+    """The queue-depth reader of ``broker`` (its bench vendor's)."""
+    from lab.experiments.bench.vendors import bench_vendor  # the vendors import this module
+
+    return bench_vendor(broker).queue_depth(url, queue)
 
 
 # --- the message as stored ----------------------------------------------------------------------------
@@ -109,23 +133,32 @@ class QueueDepth:
 
 def capture_message(app: Any, broker: str, url: str, queue: str = DEFAULT_QUEUE) -> CapturedMessage:
     """Publish one noop through brokerstack and take it back off the broker as it is stored."""
-    result = app.tasks[NOOP].apply_async()
-    if broker == "redis":
-        import redis
+    from lab.experiments.bench.vendors import bench_vendor  # the vendors import this module
 
-        client: Any = redis.Redis.from_url(url)  # sync: redis-py types replies as sync|async
-        try:
-            for key in redis_queue_keys(queue):
-                payload = client.rpop(key)
-                if payload is not None:
-                    break
-        finally:
-            client.close()
-        if payload is None:
-            raise RuntimeError(f"the captured noop message is not in the Redis lists of {queue!r}")
-        return CapturedMessage(payload=payload, task_id=result.id, redis_key=key)
+    return bench_vendor(broker).capture(app, url, queue)
+
+
+def capture_redis_message(app: Any, url: str, queue: str = DEFAULT_QUEUE) -> CapturedMessage:
+    import redis
+
+    result = app.tasks[NOOP].apply_async()
+    client: Any = redis.Redis.from_url(url)  # sync: redis-py types replies as sync|async
+    try:
+        for key in redis_queue_keys(queue):
+            payload = client.rpop(key)
+            if payload is not None:
+                break
+    finally:
+        client.close()
+    if payload is None:
+        raise RuntimeError(f"the captured noop message is not in the Redis lists of {queue!r}")
+    return CapturedMessage(payload=payload, task_id=result.id, redis_key=key)
+
+
+def capture_amqp_message(app: Any, url: str, queue: str = DEFAULT_QUEUE) -> CapturedMessage:
     from kombu import Connection
 
+    result = app.tasks[NOOP].apply_async()
     with Connection(url) as conn:
         channel = conn.channel()
         for _ in range(50):
@@ -162,7 +195,7 @@ def publish_backlog(app: Any, count: int, tick: Tick | None = None, *, ignore_re
 
 
 def drain(
-    depth: QueueDepth,
+    depth: Depth,
     count: int,
     timeout: float,
     tick: Tick | None = None,

@@ -25,7 +25,8 @@ own queue arguments (classic with x-max-priority, or quorum), persistent message
   ``multiple`` ack per half of it: the most the client gets out of the broker.
 
 The **ceiling** brokerstack is compared with is the best client each broker has, at the durability
-of the setup (``CEILING``): Redis pipelined LPUSH and RPOP with a count; RabbitMQ confirms in a
+of the setup (the ``ceiling`` of the broker's entry in :mod:`lab.experiments.bench.vendors`): Redis
+pipelined LPUSH and RPOP with a count; RabbitMQ confirms in a
 window (or none, on a setup without confirms) and the batched consume.
 
 Every measurement is ``{"messages", "seconds", "per_s"}``; ``repeated`` folds repetitions of a
@@ -43,20 +44,8 @@ from lab.experiments.bench.stats import rate
 
 RAW_REDIS_KEY = "bench:raw"
 RAW_AMQP_QUEUE = "bench.raw"
-#: The ceiling's measurements per broker: (publish, publish with confirms, consume). Redis has no
-#: confirms: its reply to LPUSH is the acknowledgement, so both publish keys are the pipelined one.
-CEILING = {
-    "redis": ("publish_pipelined", "publish_pipelined", "consume_batched"),
-    "rabbitmq": ("publish", "publish_confirm_pipelined", "consume_batched"),
-}
 #: RabbitMQ's batched consume: messages in flight to the consumer, acked (``multiple``) per half.
 BATCH_PREFETCH = 1000
-
-
-def ceiling_keys(broker: str, confirms: bool) -> tuple[str, str]:
-    """(publish, consume): the raw measurements brokerstack is compared with on ``broker``."""
-    publish, publish_confirmed, consume = CEILING[broker]
-    return (publish_confirmed if confirms else publish), consume
 
 
 def repeated(runs: list[dict[str, Any]]) -> dict[str, Any]:

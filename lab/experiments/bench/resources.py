@@ -54,23 +54,32 @@ def fresh_redis_payloads(message: CapturedMessage, count: int) -> list[bytes]:
 def fill_backlog(
     broker: str, url: str, message: CapturedMessage, count: int, queue: str = DEFAULT_QUEUE, batch: int = 1000
 ) -> float:
-    """Put ``count`` noop messages on ``queue``; returns the seconds it took."""
-    started = time.perf_counter()
-    if broker == "redis":
-        import redis
+    """Put ``count`` noop messages on ``queue`` (the broker's bench vendor's way); returns the seconds it took."""
+    from lab.experiments.bench.vendors import bench_vendor  # the vendors import this module
 
-        client = redis.Redis.from_url(url, socket_timeout=60)
-        try:
-            for i in range(0, count, batch):
-                pipe = client.pipeline(transaction=False)
-                for payload in fresh_redis_payloads(message, min(batch, count - i)):
-                    pipe.lpush(message.redis_key or queue, payload)
-                pipe.execute()
-        finally:
-            client.close()
-    else:
-        _fill_amqp(url, message, count, queue, window=batch)
+    started = time.perf_counter()
+    bench_vendor(broker).fill(url, message, count, queue, batch)
     return time.perf_counter() - started
+
+
+def fill_redis(url: str, message: CapturedMessage, count: int, queue: str = DEFAULT_QUEUE, batch: int = 1000) -> None:
+    """Pipelined LPUSH onto the list the captured message came from."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=60)
+    try:
+        for i in range(0, count, batch):
+            pipe = client.pipeline(transaction=False)
+            for payload in fresh_redis_payloads(message, min(batch, count - i)):
+                pipe.lpush(message.redis_key or queue, payload)
+            pipe.execute()
+    finally:
+        client.close()
+
+
+def fill_amqp(url: str, message: CapturedMessage, count: int, queue: str = DEFAULT_QUEUE, batch: int = 1000) -> None:
+    """Persistent messages to the queue's exchange, ``batch`` confirms in flight."""
+    _fill_amqp(url, message, count, queue, window=batch)
 
 
 def _fill_amqp(url: str, message: CapturedMessage, count: int, queue: str, window: int) -> None:
@@ -111,12 +120,15 @@ def backlog_memory(
     depth.purge()
     time.sleep(0.5)
     before = usage(node)
-    redis_before = _redis_used_memory(url) if broker == "redis" else None
+    from lab.experiments.bench.vendors import bench_vendor  # the vendors import this module
+
+    used_memory = bench_vendor(broker).used_memory
+    redis_before = used_memory(url) if used_memory else None
     fill_s = fill_backlog(broker, url, message, count)
     time.sleep(settle)
     held = depth()
     after = usage(node)
-    redis_after = _redis_used_memory(url) if broker == "redis" else None
+    redis_after = used_memory(url) if used_memory else None
     depth.purge()
     out: dict[str, Any] = {
         "tasks": count,
@@ -137,7 +149,8 @@ def backlog_memory(
     return out
 
 
-def _redis_used_memory(url: str) -> int | None:
+def redis_used_memory(url: str) -> int | None:
+    """Redis' own ``used_memory`` (INFO memory), None if it cannot be read."""
     import redis
 
     client = redis.Redis.from_url(url)

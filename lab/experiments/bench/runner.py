@@ -14,8 +14,7 @@ import secrets
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,12 +22,27 @@ from typing import Any
 
 from lab.experiments.bench import api as api_bench
 from lab.experiments.bench import e2e, raw, resources
+from lab.experiments.bench.records import (
+    READABLE_SCHEMAS,
+    SCHEMA,
+    ApiSection,
+    BenchRecord,
+    CodeVersion,
+    EndToEnd,
+    Machine,
+    Model,
+    Ratios,
+    RawSection,
+    ResourcesSection,
+    SectionError,
+)
 from lab.experiments.bench.stats import compare, median_of_runs, ratio
+from lab.experiments.bench.vendors import BENCH_VENDORS, REDIS_TRANSPORTS, BenchVendor, bench_vendor
 from lab.harness.interrupts import no_interrupts, sigterm_raises
 from lab.harness.nodes import proctree, resolve_driver
 from lab.harness.nodes.factory import DriverChoice
 from lab.harness.processes import ApiServer, CeleryWorker, ManagedProcess
-from lab.harness.results import RESULTS_DIR_ENV, client_versions, machine, results_dir, write_record
+from lab.harness.results import client_versions, machine, results_dir, write_record
 from lab.harness.setups import Setup, get_setup
 from lab.harness.stacks import Stack
 from worker.brokers import profile_for
@@ -36,18 +50,24 @@ from worker.topology import DEFAULT_QUEUE, WORK_QUEUES
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "brokerstack.bench/2"
-#: Schemas lab.experiments.bench.records.upgrade_record reads (a /1 record is lifted into the /2 shape).
-READABLE_SCHEMAS = ("brokerstack.bench/1", SCHEMA)
 CATEGORY = "bench"
 POOLS = ("solo", "threads", "prefork", "gevent")
-#: The Redis transports an end-to-end run compares (REDIS_TRANSPORT): the first is the one the
-#: record's top-level end_to_end.pools, API and resources sections were measured on.
-REDIS_TRANSPORTS = ("brokerstack", "kombu")
 SECTIONS = ("raw", "end_to_end", "api", "resources")
-#: The issue's goals: brokerstack's consume rate against the raw client ceiling, and what publisher
-#: confirms may cost through the API (unconfirmed req/s over confirmed req/s).
-GOALS: dict[str, Any] = {"e2e_vs_raw_consume": {"redis": 0.5, "rabbitmq": 0.6}, "api_confirm_cost_max": 2.0}
+#: The model each section of the record is read into.
+SECTION_MODELS: dict[str, type[Model]] = {
+    "raw": RawSection,
+    "end_to_end": EndToEnd,
+    "api": ApiSection,
+    "resources": ResourcesSection,
+}
+#: The issue's goals: brokerstack's consume rate against the raw client ceiling (set when the ceiling
+#: was the one-message client, BRPOP / one ack per message; against the batched ceiling measured now
+#: ``meets_goal_e2e`` is stricter than the goal was meant), and what publisher confirms may cost
+#: through the API (unconfirmed req/s over confirmed req/s).
+GOALS: dict[str, Any] = {
+    "e2e_vs_raw_consume": {name: vendor.goal_e2e_vs_raw_consume for name, vendor in BENCH_VENDORS.items()},
+    "api_confirm_cost_max": 2.0,
+}
 #: The two drains of each pool: fire-and-forget with the throughput prefetch, and brokerstack's defaults.
 CONFIGS = ("fire_and_forget", "defaults")
 #: One drain: its enqueue rate, consume rate and resources.
@@ -185,6 +205,7 @@ class BenchRun:
         write: bool = True,
     ) -> None:
         self.setup = get_setup(setup) if isinstance(setup, str) else setup
+        self.vendor: BenchVendor = bench_vendor(self.setup.broker)
         self.params = params or BenchParams()
         self.driver = resolve_driver(driver)
         self.progress_callback = progress
@@ -199,9 +220,9 @@ class BenchRun:
         self._step = 0
         self._last_emit = 0.0
         self.path: Path | None = None
-        self.record: dict[str, Any] = {}
-        #: The Redis transports compared end to end; on RabbitMQ one run with no transport choice.
-        self.transports: tuple[str | None, ...] = self.params.transports if self.setup.broker == "redis" else (None,)
+        self.record: BenchRecord | None = None
+        #: The transports compared end to end (Redis); (None,): one run, no transport choice.
+        self.transports: tuple[str | None, ...] = self.params.transports if self.vendor.transports else (None,)
         self.producers: dict[str | None, Any] = {}
 
     @property
@@ -213,7 +234,7 @@ class BenchRun:
     @property
     def steps(self) -> int:
         p = self.params
-        api_runs = len(p.api_workers) * (2 if self.setup.broker == "rabbitmq" else 1) * len(p.api_concurrency)
+        api_runs = len(p.api_workers) * len(self.vendor.api_confirm_modes) * len(p.api_concurrency)
         per_pool = len(self.transports) * (len(CONFIGS) * p.repeats + 1)
         return 2 + 1 + per_pool * len(p.pools) + api_runs + 1
 
@@ -236,34 +257,35 @@ class BenchRun:
 
     # --- running ---------------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> BenchRecord:
         p = self.params
         started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        record: dict[str, Any] = {
-            "schema": SCHEMA,
-            "setup": self.setup.name,
-            "broker": self.setup.broker,
-            "mode": p.mode,
-            "status": "running",
+        choice = bool(self.vendor.transports)
+        record = BenchRecord(
+            schema_=SCHEMA,
+            setup=self.setup.name,
+            broker=self.setup.broker,
+            mode=p.mode,
+            status="running",
             # What end_to_end.pools, api and resources ran on; transports: every one end_to_end compares.
-            "transport": self.primary_transport,
-            "transports": list(self.transports) if self.setup.broker == "redis" else None,
-            "run_id": self.run_id,
-            "driver": self.driver,
-            "broker_version": None,
-            "clients": client_versions(),
-            "machine": _machine(),
-            "code": code_version(),
-            "parameters": self._parameters(),
-            "started_at": started_at,
-            "duration_s": None,
-            "raw": None,
-            "end_to_end": None,
-            "api": None,
-            "resources": None,
-            "ratios": None,
-            "errors": [],
-        }
+            transport=self.primary_transport,
+            transports=[t for t in self.transports if t is not None] if choice else None,
+            run_id=self.run_id,
+            driver=self.driver,
+            broker_version=None,
+            clients=client_versions(),
+            machine=Machine.model_validate(_machine()),
+            code=CodeVersion.model_validate(code_version()),
+            parameters=self._parameters(),
+            started_at=started_at,
+            duration_s=None,
+            raw=None,
+            end_to_end=None,
+            api=None,
+            resources=None,
+            ratios=None,
+            errors=[],
+        )
         self.record = record
         with sigterm_raises(BenchInterrupted):
             try:
@@ -271,10 +293,10 @@ class BenchRun:
                 self.stack.start_nodes(aux=True)
                 broker = self.stack.broker
                 assert broker is not None and self.stack.aux is not None
-                record["broker_version"] = broker.version()
-                record["aux_version"] = self.stack.aux.version()
+                record.broker_version = broker.version()
+                record.aux_version = self.stack.aux.version()
                 self.settings = self.stack.make_settings(**self._transport_override(self.primary_transport))
-                record["parameters"]["settings"] = _settings_summary(self.settings)
+                record.parameters["settings"] = _settings_summary(self.settings)
                 self._advance("starting", "nodes ready")
                 from worker.celery_app import create_celery
 
@@ -291,7 +313,7 @@ class BenchRun:
                 self._owned.closers.append(self.depth.close)
                 self.depth.purge()
                 self.message = e2e.capture_message(self.producer, self.setup.broker, self.stack.broker_url)
-                record["parameters"]["message_bytes"] = self.message.size
+                record.parameters["message_bytes"] = self.message.size
                 self._advance("starting", f"captured a {self.message.size}-byte noop message")
 
                 for section, fn in (
@@ -300,46 +322,44 @@ class BenchRun:
                     ("api", self._api),
                     ("resources", self._resources),
                 ):
+                    model = SECTION_MODELS[section]
                     try:
-                        record[section] = fn()
+                        setattr(record, section, model.model_validate(fn()))
                     except KeyboardInterrupt:
                         raise
                     except Exception as exc:
                         log.exception("bench section %s failed", section)
-                        record[section] = {"error": f"{type(exc).__name__}: {exc}"}
-                        record["errors"].append(
-                            {
-                                "section": section,
-                                "error": f"{type(exc).__name__}: {exc}",
-                                "traceback": traceback.format_exc(limit=6),
-                            }
+                        error = f"{type(exc).__name__}: {exc}"
+                        setattr(record, section, model.model_validate({"error": error}))
+                        record.errors.append(
+                            SectionError(section=section, error=error, traceback=traceback.format_exc(limit=6))
                         )
                         self._purge_quietly()
-                record["ratios"] = compute_ratios(record)
-                record["status"] = "failed" if record["errors"] else "completed"
+                record.ratios = compute_ratios(record)
+                record.status = "failed" if record.errors else "completed"
             except KeyboardInterrupt:
-                record["status"] = "interrupted"
+                record.status = "interrupted"
                 raise
             except BaseException as exc:
-                record["status"] = "failed"
-                record["errors"].append(
-                    {
-                        "section": "setup",
-                        "error": f"{type(exc).__name__}: {exc}",
-                        "traceback": traceback.format_exc(limit=6),
-                    }
+                record.status = "failed"
+                record.errors.append(
+                    SectionError(
+                        section="setup",
+                        error=f"{type(exc).__name__}: {exc}",
+                        traceback=traceback.format_exc(limit=6),
+                    )
                 )
                 raise
             finally:
                 with no_interrupts():
                     self._emit("closing", "stopping everything", force=True)
                     self.close()
-                    record["duration_s"] = round(time.monotonic() - self._t0, 1)
-                    if self.write and record["status"] != "interrupted":
+                    record.duration_s = round(time.monotonic() - self._t0, 1)
+                    if self.write and record.status != "interrupted":
                         self.path = self._write(record)
-                        record["path"] = str(self.path)
+                        record.path = str(self.path)
         self._step = self.steps
-        self._emit("done", f"done in {record['duration_s']} s", force=True)
+        self._emit("done", f"done in {record.duration_s} s", force=True)
         return record
 
     def close(self) -> None:
@@ -365,24 +385,11 @@ class BenchRun:
         each rate is a median with its range like the end-to-end ones."""
         p = self.params
         self._emit("raw", "raw client ceiling", force=True)
-        runs = []
-        for _ in range(p.repeats):
-            if self.setup.broker == "redis":
-                run = raw.redis_raw(
-                    self.stack.broker_url, self.message, p.raw_messages, batch=p.redis_batch, tick=self._tick
-                )
-            else:
-                arguments = profile_for(self.settings).queue_arguments(DEFAULT_QUEUE)
-                run = raw.amqp_raw(
-                    self.stack.broker_url,
-                    self.message,
-                    p.raw_messages,
-                    arguments,
-                    prefetch=p.raw_prefetch,
-                    window=p.confirm_window,
-                    tick=self._tick,
-                )
-            runs.append(run)
+        arguments = profile_for(self.settings).queue_arguments(DEFAULT_QUEUE)
+        runs = [
+            self.vendor.measure_raw(self.stack.broker_url, self.message, p, arguments, self._tick)
+            for _ in range(p.repeats)
+        ]
         out = raw.repeated(runs)
         out["messages"] = p.raw_messages
         self._advance("raw", "raw client ceiling measured")
@@ -408,7 +415,7 @@ class BenchRun:
             for transport, result in self._one_pool(pool, self._concurrency(pool)).items():
                 by_transport[transport][pool] = result
         out["pools"] = by_transport[self.primary_transport]
-        if self.setup.broker == "redis":
+        if self.vendor.transports:
             out["transports"] = {t: {"pools": pools} for t, pools in by_transport.items()}
             out["comparison"] = transport_comparison(by_transport) if len(self.transports) == 2 else None
         return out
@@ -428,7 +435,7 @@ class BenchRun:
         results: dict[str | None, dict[str, Any]] = {
             t: {"pool": pool, "concurrency": concurrency} for t in self.transports
         }
-        if self.setup.broker == "redis":
+        if self.vendor.transports:
             for transport, result in results.items():
                 result["transport"] = transport
         for config in CONFIGS:
@@ -580,7 +587,7 @@ class BenchRun:
 
     def _api(self) -> dict[str, Any]:
         p = self.params
-        modes: list[bool | None] = [True, False] if self.setup.broker == "rabbitmq" else [None]
+        modes = self.vendor.api_confirm_modes
         out: dict[str, Any] = {
             "endpoint": "POST /tasks/noop",
             "load_generator": api_bench.LOAD_GENERATOR,
@@ -637,7 +644,7 @@ class BenchRun:
         out: dict[str, Any] = {
             "broker_idle": resources.usage(broker),
             "backlog": backlog,
-            "per_10k_tasks": _per_10k_summary(self.record.get("end_to_end")),
+            "per_10k_tasks": _per_10k_summary(self.record.end_to_end if self.record else None),
         }
         self._advance("resources", f"backlog of {p.backlog_tasks}: {backlog['rss_growth_bytes']} bytes RSS")
         return out
@@ -655,16 +662,15 @@ class BenchRun:
         params["setup"] = self.setup.describe()
         params["driver"] = self.driver
         params["worker_loglevel"] = "INFO"
-        if self.setup.broker != "redis":
+        if not self.vendor.transports:
             params["transports"] = None
         return params
 
-    def _write(self, record: dict[str, Any]) -> Path:
-        transports = self.params.transports if self.setup.broker == "redis" else None
+    def _write(self, record: BenchRecord) -> Path:
+        transports = self.params.transports if self.vendor.transports else None
         name = record_name(self.setup.name, self.driver, self.params.mode, transports)
-        category = CATEGORY if record["status"] == "completed" else f"{CATEGORY}/failed"
-        with _results_env(self.results):
-            return write_record(category, name, record)
+        category = CATEGORY if record.status == "completed" else f"{CATEGORY}/failed"
+        return write_record(category, name, record, root=self.results)
 
 
 def declare_topology(app: Any) -> None:
@@ -715,104 +721,101 @@ def run_bench(
     progress: ProgressCallback | None = None,
     results: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the bench on ``setup``; returns the record (also written under the results dir)."""
-    return BenchRun(setup, params, driver=driver, progress=progress, results=results).run()
+    """Run the bench on ``setup``; returns the record as written under the results dir (the JSON
+    object: what ``brokerstack bench --json`` prints)."""
+    return BenchRun(setup, params, driver=driver, progress=progress, results=results).run().to_dict()
 
 
 # --- ratios ------------------------------------------------------------------------------------------
 
 
-def compute_ratios(record: dict[str, Any]) -> dict[str, Any]:
+def compute_ratios(record: BenchRecord) -> Ratios:
     """Brokerstack against the raw client ceiling, from a record's sections."""
-    broker = record["broker"]
-    raw_section = record.get("raw") or {}
-    e2e_section = record.get("end_to_end") or {}
-    api_section = record.get("api") or {}
-    confirm = bool((record.get("parameters", {}).get("settings") or {}).get("RABBITMQ_CONFIRM_PUBLISH"))
+    vendor = bench_vendor(record.broker)
+    raw_section = record.raw or RawSection()
+    confirm = bool((record.parameters.get("settings") or {}).get("RABBITMQ_CONFIRM_PUBLISH"))
     # The ceiling is the broker's best client at the setup's durability; a record from before it was
     # measured (no batched consume in it) keeps the one-message-per-round-trip figures it has.
-    raw_publish_key, raw_consume_key = raw.ceiling_keys(broker, confirm)
-    if raw_consume_key not in raw_section:
-        raw_publish_key = ("publish_confirm" if confirm else "publish") if broker == "rabbitmq" else "publish"
-        raw_consume_key = "consume"
-    raw_consume = (raw_section.get(raw_consume_key) or {}).get("per_s")
-    raw_publish = (raw_section.get(raw_publish_key) or {}).get("per_s")
-    pools = e2e_section.get("pools") or {}
+    measured = {name for name in raw_section.to_dict() if raw_section.rate(name) is not None}
+    raw_publish_key, raw_consume_key = vendor.ceiling_keys(confirm, measured=measured)
+    raw_consume = _per_s(raw_section.rate(raw_consume_key))
+    raw_publish = _per_s(raw_section.rate(raw_publish_key))
+    pools = record.pools
     # Five digits: against the batched ceiling a drain storing its results can be 1/1,000 of it.
-    consume = {pool: ratio((r.get("consume") or {}).get("per_s"), raw_consume, 5) for pool, r in pools.items()}
-    with_defaults = {
-        pool: ratio(((r.get("defaults") or {}).get("consume") or {}).get("per_s"), raw_consume, 5)
-        for pool, r in pools.items()
-    }
-    enqueue = {pool: ratio((r.get("enqueue") or {}).get("per_s"), raw_publish) for pool, r in pools.items()}
-    measured = {pool: value for pool, value in consume.items() if value is not None}
-    best_pool = max(measured, key=lambda pool: measured[pool], default=None)
-    goal = GOALS["e2e_vs_raw_consume"][broker]
-    out: dict[str, Any] = {
-        "raw_consume_per_s": raw_consume,
-        "raw_publish_per_s": raw_publish,
-        "raw_publish_basis": raw_publish_key,
-        "raw_consume_basis": raw_consume_key,
-        "e2e_vs_raw_consume": consume,
-        "e2e_defaults_vs_raw_consume": with_defaults,
-        "best_pool": best_pool,
-        "e2e_vs_raw_consume_best": consume.get(best_pool) if best_pool else None,
-        "enqueue_vs_raw_publish": enqueue,
-        "goal_e2e_vs_raw_consume": goal,
-        "meets_goal_e2e": None if best_pool is None else measured[best_pool] >= goal,
-        "raw_confirm_cost": ratio(
-            (raw_section.get("publish") or {}).get("per_s"), (raw_section.get("publish_confirm") or {}).get("per_s"), 2
-        )
-        if broker == "rabbitmq"
+    consume = {pool: ratio(_per_s(r.consume), raw_consume, 5) for pool, r in pools.items()}
+    with_defaults = {pool: ratio(_per_s(r.drain(defaults=True)), raw_consume, 5) for pool, r in pools.items()}
+    enqueue = {pool: ratio(_per_s(r.enqueue), raw_publish) for pool, r in pools.items()}
+    reached = {pool: value for pool, value in consume.items() if value is not None}
+    best_pool = max(reached, key=lambda pool: reached[pool], default=None)
+    goal = vendor.goal_e2e_vs_raw_consume
+    unconfirmed = _per_s(raw_section.publish)
+    out = Ratios(
+        raw_consume_per_s=raw_consume,
+        raw_publish_per_s=raw_publish,
+        raw_publish_basis=raw_publish_key,
+        raw_consume_basis=raw_consume_key,
+        e2e_vs_raw_consume=consume,
+        e2e_defaults_vs_raw_consume=with_defaults,
+        best_pool=best_pool,
+        e2e_vs_raw_consume_best=consume.get(best_pool) if best_pool else None,
+        enqueue_vs_raw_publish=enqueue,
+        goal_e2e_vs_raw_consume=goal,
+        meets_goal_e2e=None if best_pool is None else reached[best_pool] >= goal,
+        raw_confirm_cost=ratio(unconfirmed, _per_s(raw_section.publish_confirm), 2) if vendor.confirms else None,
+        raw_pipelined_confirm_cost=ratio(unconfirmed, _per_s(raw_section.publish_confirm_pipelined), 2)
+        if vendor.confirms
         else None,
-        "raw_pipelined_confirm_cost": ratio(
-            (raw_section.get("publish") or {}).get("per_s"),
-            (raw_section.get("publish_confirm_pipelined") or {}).get("per_s"),
-            2,
-        )
-        if broker == "rabbitmq"
-        else None,
-        "api_confirm_cost": None,
-        "api_confirm_cost_by_concurrency": None,
-        "goal_api_confirm_cost_max": GOALS["api_confirm_cost_max"],
-        "meets_goal_api_confirm_cost": None,
-        "brokerstack_vs_kombu": None,
-    }
-    out["raw_verdicts"] = raw_verdicts(broker, raw_section)
-    comparison = e2e_section.get("comparison")
+        api_confirm_cost=None,
+        api_confirm_cost_by_concurrency=None,
+        goal_api_confirm_cost_max=GOALS["api_confirm_cost_max"],
+        meets_goal_api_confirm_cost=None,
+        brokerstack_vs_kombu=None,
+    )
+    out.raw_verdicts = raw_verdicts(vendor, raw_section)
+    comparison = record.end_to_end.comparison if record.end_to_end else None
     if comparison:
-        out["brokerstack_vs_kombu"] = {
-            config: {pool: entry[config]["ratio"] for pool, entry in comparison.items()} for config in CONFIGS
+        out.brokerstack_vs_kombu = {
+            config: {pool: _ratio_of(entry.config(config)) for pool, entry in comparison.items()} for config in CONFIGS
         }
-    if broker == "rabbitmq":
-        runs = api_section.get("runs") or []
-        by_level: dict[str, float | None] = {}
-        workers = sorted({r["uvicorn_workers"] for r in runs})
-        w = workers[0] if workers else None
-        for run in runs:
-            if run["uvicorn_workers"] != w or run["confirm_publish"] is not True:
-                continue
-            off = next(
-                (
-                    o
-                    for o in runs
-                    if o["uvicorn_workers"] == w
-                    and o["confirm_publish"] is False
-                    and o["concurrency"] == run["concurrency"]
-                ),
-                None,
-            )
-            if off is not None:
-                by_level[str(run["concurrency"])] = ratio(off["rps"], run["rps"], 2)
-        if by_level:
-            top = max(by_level, key=int)
-            out["api_confirm_cost_by_concurrency"] = by_level
-            out["api_confirm_cost"] = by_level[top]
-            out["api_confirm_cost_uvicorn_workers"] = w
-            cost = by_level[top]
-            if cost is not None:
-                out["meets_goal_api_confirm_cost"] = cost <= GOALS["api_confirm_cost_max"]
+    if vendor.confirms:
+        _api_confirm_cost(out, record.api.runs if record.api else [])
     return out
+
+
+def _per_s(rate: Any) -> float | None:
+    return rate.per_s if rate is not None else None
+
+
+def _ratio_of(pair: Any) -> float | None:
+    return pair.ratio if pair is not None else None
+
+
+def _api_confirm_cost(out: Ratios, runs: list[Any]) -> None:
+    """Unconfirmed over confirmed API req/s per client concurrency, with the fewest uvicorn workers."""
+    by_level: dict[str, float | None] = {}
+    workers = sorted({r.uvicorn_workers for r in runs if r.uvicorn_workers is not None})
+    w = workers[0] if workers else None
+    for run in runs:
+        if run.uvicorn_workers != w or run.confirm_publish is not True:
+            continue
+        off = next(
+            (
+                o
+                for o in runs
+                if o.uvicorn_workers == w and o.confirm_publish is False and o.concurrency == run.concurrency
+            ),
+            None,
+        )
+        if off is not None:
+            by_level[str(run.concurrency)] = ratio(off.rps, run.rps, 2)
+    if by_level:
+        top = max(by_level, key=int)
+        out.api_confirm_cost_by_concurrency = by_level
+        out.api_confirm_cost = by_level[top]
+        out.api_confirm_cost_uvicorn_workers = w
+        cost = by_level[top]
+        if cost is not None:
+            out.meets_goal_api_confirm_cost = cost <= GOALS["api_confirm_cost_max"]
 
 
 def _on(transport: str | None) -> str:
@@ -833,28 +836,15 @@ def _summarize(runs: list[Drain]) -> Drain:
     return enqueue, consume, runs[nearest][2]
 
 
-#: Pairs of raw measurements whose difference the record judges against the noise (first, second):
-#: what confirms cost, what pipelining and batching gain. Ranges that overlap are "no difference".
-RAW_PAIRS = {
-    "redis": (("publish_pipelined", "publish"), ("consume_batched", "consume")),
-    "rabbitmq": (
-        ("publish", "publish_confirm"),
-        ("publish", "publish_confirm_pipelined"),
-        ("publish_confirm_pipelined", "publish_confirm"),
-        ("consume_batched", "consume"),
-        ("consume", "consume_prefetch1"),
-    ),
-}
-
-
-def raw_verdicts(broker: str, raw_section: dict[str, Any]) -> dict[str, Any]:
+def raw_verdicts(vendor: BenchVendor, raw_section: RawSection) -> dict[str, Any]:
     """``"<first> vs <second>"`` -> ``compare`` of the two repeated raw rates (ratio and verdict),
-    for every pair in RAW_PAIRS that the record measured."""
-    return {
-        f"{first} vs {second}": compare((first, raw_section[first]), (second, raw_section[second]))
-        for first, second in RAW_PAIRS.get(broker, ())
-        if isinstance(raw_section.get(first), dict) and isinstance(raw_section.get(second), dict)
-    }
+    for every pair of the vendor's ``raw_pairs`` that the record measured."""
+    out: dict[str, Any] = {}
+    for first, second in vendor.raw_pairs:
+        a, b = raw_section.rate(first), raw_section.rate(second)
+        if a is not None and b is not None:
+            out[f"{first} vs {second}"] = compare((first, a.to_dict()), (second, b.to_dict()))
+    return out
 
 
 def transport_comparison(by_transport: dict[str | None, dict[str, Any]]) -> dict[str, Any]:
@@ -899,16 +889,18 @@ def _sum_cpu(*parts: dict[str, Any]) -> float | None:
     return round(sum(measured), 4) if len(measured) == len(values) else None
 
 
-def _per_10k_summary(e2e_section: dict[str, Any] | None) -> dict[str, Any]:
+def _per_10k_summary(e2e_section: EndToEnd | None) -> dict[str, Any]:
     """Broker CPU and RSS per 10k tasks, per pool (publish + consume), from the e2e section."""
     out: dict[str, Any] = {}
-    for pool, result in ((e2e_section or {}).get("pools") or {}).items():
-        res = result.get("resources") or {}
+    for pool, result in (e2e_section.pools if e2e_section else {}).items():
+        res = result.resources
         out[pool] = {
-            "broker_cpu_s": res.get("broker_total_cpu_s_per_10k"),
-            "broker_rss_growth_bytes_queued": (res.get("broker_publish") or {}).get("rss_growth_bytes_per_10k"),
-            "result_backend_cpu_s": res.get("result_backend_cpu_s_per_10k"),
-            "worker_cpu_s": res.get("worker_cpu_s_per_10k"),
+            "broker_cpu_s": res.broker_total_cpu_s_per_10k if res else None,
+            "broker_rss_growth_bytes_queued": res.broker_publish.rss_growth_bytes_per_10k
+            if res and res.broker_publish
+            else None,
+            "result_backend_cpu_s": res.result_backend_cpu_s_per_10k if res else None,
+            "worker_cpu_s": res.worker_cpu_s_per_10k if res else None,
         }
     return out
 
@@ -933,7 +925,7 @@ def _settings_summary(settings: Any) -> dict[str, Any]:
             elif value.isdigit():
                 value = int(value)
             out[key] = value
-    if out.get("BROKER_PROFILE") != "redis":
+    if not bench_vendor(settings.broker_profile).transports:
         out.pop("REDIS_TRANSPORT", None)
     return out
 
@@ -961,23 +953,10 @@ def _machine() -> dict[str, Any]:
     return info
 
 
-@contextmanager
-def _results_env(directory: Path | None) -> Iterator[None]:
-    if directory is None:
-        yield
-        return
-    previous = os.environ.get(RESULTS_DIR_ENV)
-    os.environ[RESULTS_DIR_ENV] = str(directory)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(RESULTS_DIR_ENV, None)
-        else:
-            os.environ[RESULTS_DIR_ENV] = previous
-
-
 __all__ = [
+    "READABLE_SCHEMAS",
+    "REDIS_TRANSPORTS",
+    "SCHEMA",
     "BenchInterrupted",
     "BenchParams",
     "BenchRun",
