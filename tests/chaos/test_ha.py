@@ -13,6 +13,7 @@ disconnect); on the process driver the scenario refuses in one line, which is te
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ import pytest
 from lab.experiments.chaos import RunOptions, RunRecord, run_scenario
 from lab.harness.network import PROCESS_CANNOT_PARTITION, PartitionError
 from lab.harness.nodes import process_available, resolve_driver
+from lab.harness.setups import SETUPS
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -103,3 +106,58 @@ def test_redis_sentinel_failover_promotes_a_replica_and_reports_its_counts(resul
 def test_the_process_driver_refuses_a_partition_in_one_line(results):
     with pytest.raises(PartitionError, match="cannot partition"):
         run_scenario("partition", "rabbitmq-quorum-cluster", RunOptions(**SMALL), results=results)  # type: ignore[arg-type]
+
+
+#: How long an isolated primary may take to refuse writes: its replicas' last acknowledgement is
+#: up to a second old when the cut comes (replicas send REPLCONF ACK every second), then
+#: ``min-replicas-max-lag`` must pass; the rest is room for a loaded machine to get there.
+REFUSAL_DEADLINE = 30.0
+
+
+@needs_docker
+def test_min_replicas_to_write_narrows_the_isolated_primarys_window_but_does_not_close_it():
+    """What redis-sentinel-wait can and cannot promise, on its own Sentinel group: cut off from its
+    replicas, the primary still acknowledges writes (those are what a heal discards), then refuses
+    them with NOREPLICAS once no replica has acknowledged for ``min-replicas-max-lag`` seconds."""
+    import redis
+
+    from lab.harness.nodes.sentinel import SentinelGroup
+    from worker.brokers.redis.errors import NoReplicasError  # importing it maps NOREPLICAS to it
+
+    setup = SETUPS["redis-sentinel-wait"]
+    assert setup.min_replicas_to_write == 1
+    with SentinelGroup(
+        setup.cluster_size,
+        "docker",
+        setup.redis,
+        min_replicas_to_write=setup.min_replicas_to_write,
+        min_replicas_max_lag=setup.min_replicas_max_lag,
+    ) as group:
+        client = redis.Redis.from_url(group.primary_url, socket_timeout=5)
+        try:
+            client.rpush("window", "before")
+            partition = group.partition(group.primary())
+            cut_at = time.monotonic()
+            accepted: list[float] = []
+
+            def refused() -> bool:
+                try:
+                    client.rpush("window", "during")
+                except NoReplicasError:
+                    return True
+                accepted.append(time.monotonic() - cut_at)
+                return False
+
+            try:
+                wait_for(refused, REFUSAL_DEADLINE, "the isolated primary to refuse writes (NOREPLICAS)", 0.02)
+                refused_after = time.monotonic() - cut_at
+            finally:
+                partition.heal()
+        finally:
+            client.close()
+    print(f"\naccepted {len(accepted)} writes in the {refused_after:.2f} s after the cut, then NOREPLICAS")
+    # Not a guarantee: writes were acknowledged after the primary had lost its replicas...
+    assert accepted, "the primary refused at once: the window this setup is documented to leave is gone"
+    # ...and the first refusal came only once min-replicas-max-lag had passed since the last ack
+    # the replicas sent (at most a second before the cut).
+    assert refused_after >= setup.min_replicas_max_lag - 1.0

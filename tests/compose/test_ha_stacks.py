@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import yaml  # type: ignore[import-untyped]  # PyYAML: a dependency of schemathesis (dev extra)
 
 from lab.harness.results import results_dir
 from tests.compose.stack import (
@@ -29,6 +30,7 @@ from tests.compose.stack import (
     CONFIG_CHECK,
     HA_SECRET_VARIABLES,
     HA_STACKS,
+    MONITORING_PORT_VARIABLES,
     RABBITMQ_MANAGEMENT_PORT_OF,
     RABBITMQ_NODES,
     REDIS_NODES,
@@ -42,6 +44,7 @@ from tests.compose.stack import (
     interpolated_variables,
     stack_up,
 )
+from tests.compose.test_monitoring import ALERTMANAGER_IMAGE, MONITORING, MONITORING_SERVICES, PROMETHEUS_IMAGE
 from tests.compose.test_stacks import (
     CREDENTIAL_VARIABLES,
     config_json,
@@ -201,6 +204,76 @@ def test_env_example_documents_every_variable() -> None:
     used = interpolated_variables(*(spec.path for spec in HA_STACKS))
     assert {"REDIS_SENTINEL_PASSWORD", "RABBITMQ_CLUSTER_COOKIE", "RABBITMQ_NODE3_PORT"} <= used
     assert sorted(used - set(documented_variables())) == []
+
+
+def profile_services(spec: StackSpec, tmp_path: Path, *profiles: str) -> dict[str, Any]:
+    """The services ``docker compose config`` gives with these profiles, monitoring ports set."""
+    env = clean_environ() | {"BROKERSTACK_ENV_FILE": str(tmp_path / "none")}
+    env |= {var: str(41100 + index) for index, var in enumerate(MONITORING_PORT_VARIABLES)}
+    flags = [arg for profile in profiles for arg in ("--profile", profile)]
+    result = subprocess.run(
+        ["docker", "compose", "--file", str(spec.path), *flags, "config", "--format", "json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return dict(json.loads(result.stdout)["services"])
+
+
+def scrape_hosts(config: dict[str, Any]) -> dict[str, set[str]]:
+    """Per scrape job, the host names Prometheus reaches: each target's, or on a multi-target job
+    (``/scrape``) the targets the exporter is asked for and the exporter itself."""
+    hosts: dict[str, set[str]] = {}
+    for job in config["scrape_configs"]:
+        targets = [t for group in job.get("static_configs", []) for t in group["targets"]]
+        names = {urlsplit(t if "//" in t else f"//{t}").hostname or "" for t in targets}
+        for relabel in job.get("relabel_configs", []):
+            if relabel.get("target_label") == "__address__":
+                names.add(urlsplit("//" + relabel["replacement"]).hostname or "")
+        hosts[job["job_name"]] = names
+    return hosts
+
+
+@pytest.mark.parametrize("spec", HA_STACKS, ids=lambda spec: spec.name)
+def test_monitoring_is_wired_as_in_the_single_node_stacks(spec: StackSpec, docker_engine: None, tmp_path: Path) -> None:
+    """The ``monitoring`` / ``dashboards`` profiles add the single-node stacks' services, Prometheus
+    loads this stack's config, and every host that config scrapes is a service of the stack."""
+    default = profile_services(spec, tmp_path)
+    monitoring = profile_services(spec, tmp_path, "monitoring")
+    dashboards = profile_services(spec, tmp_path, "dashboards")
+    assert not set(MONITORING_SERVICES) & set(default)
+    assert set(monitoring) - set(default) == set(MONITORING_SERVICES)
+    assert set(dashboards) - set(default) == {*MONITORING_SERVICES, "grafana-check", "grafana"}
+    assert monitoring["prometheus"]["image"] == PROMETHEUS_IMAGE
+    assert monitoring["alertmanager"]["image"] == ALERTMANAGER_IMAGE
+    # The Prometheus service's command names the config entrypoint.sh renders: this stack's.
+    assert monitoring["prometheus"]["command"] == [spec.name]
+    config = yaml.safe_load((MONITORING / "prometheus" / f"{spec.name}.yml").read_text())
+    assert config["global"]["external_labels"]["stack"] == spec.name
+    hosts = scrape_hosts(config)
+    for job, names in hosts.items():
+        assert names <= {*monitoring, "localhost"}, f"job {job} scrapes {names - set(monitoring)}: not in the stack"
+    # The task exporter reaches the broker as the app does (the same URLs, settings and dependencies).
+    api, exporter = monitoring["api"], monitoring["task-exporter"]
+    broker_env = {k: v for k, v in api["environment"].items() if k.startswith(("BROKER_", "REDIS_", "RABBITMQ_"))}
+    assert broker_env.items() <= exporter["environment"].items()
+    assert exporter["depends_on"] == api["depends_on"]
+    redis_exporter = monitoring["redis-exporter"]
+    if spec.name == "redis-sentinel":
+        # Every node, whichever is primary: the exporter is asked for each (multi-target), and
+        # watches no single Redis of its own.
+        assert hosts["redis"] == {*REDIS_NODES, "redis-exporter"}
+        assert redis_exporter["environment"]["REDIS_ADDR"] == ""
+        assert set(redis_exporter["depends_on"]) == set(REDIS_NODES)
+    else:
+        assert hosts["rabbitmq"] == hosts["rabbitmq-queues"] == set(RABBITMQ_NODES)
+        assert urlsplit(redis_exporter["environment"]["REDIS_ADDR"]).hostname == "redis"
+    # Local only, every monitoring port from its variable.
+    published = {}
+    for name, service in dashboards.items():
+        for port in service.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", f"{name} publishes {port} beyond localhost"
+            published[name] = int(port["published"])
+    assert {published[s] for s in ("prometheus", "alertmanager", "grafana")} == set(range(41100, 41103))
 
 
 @pytest.mark.parametrize("spec", HA_STACKS, ids=lambda spec: spec.name)
