@@ -65,3 +65,56 @@ def test_redis_everysec_reports_what_a_power_cut_loses_without_calling_it_a_brok
     assert record.guarantee is None and record.guarantee_held is None
     assert _exit_code([record.to_dict()]) == 0
     assert "aof" in record.details  # the AOF, as evidence of what Redis kept
+
+
+@pytest.mark.slow  # ~4 min on docker: a 3-node cluster boots, and boots again after the cut
+def test_quorum_queues_lose_nothing_when_every_node_of_the_cluster_loses_power_at_once(results):
+    # 800 tasks at the automatic rate (10/s): the cut lands mid-load, after the first checkpoint.
+    record = chaos("power-loss-all", "rabbitmq-quorum", results, tasks=800, kills=1)
+    # Not assert_power_cuts: a node rebuilt from its peers (not_booted) can keep the cluster down
+    # past the end of so short a load; chaos() checked that the queues drained afterwards.
+    (cut,) = record.faults
+    assert cut["action"] == "power-loss" and cut["clear_cache_s"] >= 0
+    assert cut["nodes"] == 3 and record.details["victims"] == "all"
+    # The writeback model is in the record: each reboot is followed by a checkpoint, and the cut
+    # says how long after the last one it came.
+    assert "checkpointed" in record.details["fault_model"] and cut["since_checkpoint_s"] > 0
+    assert cut["checkpoint_s"] >= 0
+    assert all(node["replicas_grown"] >= 1 for node in cut.get("not_booted", []))
+    assert record.guarantee == "lost == 0" and record.guarantee_held is True
+    assert counts_of(record).lost == 0
+
+
+@pytest.mark.slow  # ~2 min on docker: a 3-node cluster, one member rebuilt
+def test_a_cluster_member_whose_data_is_gone_is_forgotten_rebuilt_and_given_its_replicas_back(tmp_path):
+    """What the power-loss scenarios do with a node that will not boot on what survived: its peers
+    forget it, it starts afresh on an emptied directory and its quorum queue replicas are grown
+    back; the messages its peers hold are all still there."""
+    from amqp import Message
+    from kombu import Connection
+
+    from lab.experiments.chaos.scenarios.power_loss import wipe_data
+    from lab.harness.nodes.cluster import RabbitCluster
+
+    queue = "power-loss-rebuild"
+    cluster = RabbitCluster(3)
+    victim = cluster.nodes[-1]
+    victim.data_mount = tmp_path / "victim-data"  # a directory the test can empty
+    victim.data_mount.mkdir(mode=0o777)
+    victim.data_mount.chmod(0o777)
+    with cluster:
+        with Connection(cluster.nodes[0].url, transport_options={"confirm_publish": True}) as conn:
+            channel = conn.channel()
+            channel.queue_declare(queue, durable=True, auto_delete=False, arguments={"x-queue-type": "quorum"})
+            for i in range(50):
+                channel.basic_publish(Message(str(i), delivery_mode=2), routing_key=queue)
+        victim.kill()
+        assert cluster.forget(victim) in cluster.node_names[:2]
+        wipe_data(victim)  # its data is gone
+        victim.start()
+        victim.wait_ready()
+        cluster.wait_formed()
+        assert cluster.grow_quorum_queues(victim) == 1
+        with Connection(victim.url) as conn:
+            _, messages, _ = conn.channel().queue_declare(queue, passive=True)
+        assert messages == 50

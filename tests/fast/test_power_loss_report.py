@@ -8,7 +8,14 @@ from typing import Any
 
 from lab.experiments.chaos.record import summary_row
 from lab.harness.nodes.lazyfs import render_config
-from lab.report.power_loss import power_loss_section, spread
+from lab.report.power_loss import (
+    everysec_power_loss,
+    power_loss_answer,
+    power_loss_opinions,
+    power_loss_section,
+    power_loss_use,
+    spread,
+)
 
 
 def _record(setup: str, lost: int, *, scenario: str = "power-loss", held: bool | None = None, run: str = "a") -> dict:
@@ -78,7 +85,7 @@ def test_a_broken_promise_is_bold_and_no_records_say_how_to_make_them():
 def test_spread_is_the_median_with_its_range():
     assert spread([3, 1, 2]) == "2 (1-3)"
     assert spread([None, 4]) == "4"
-    assert spread([1.0, 2.0], " s") == "1.5 s (1.0-2.0)"
+    assert spread([1.0, 2.0], unit=" s", digits=1) == "1.5 s (1.0-2.0)"
     assert spread([None]) == "—"
 
 
@@ -87,3 +94,38 @@ def test_lazyfs_never_evicts_and_names_its_fifo_and_log(tmp_path):
     # Eviction would write unsynced bytes through to disk, and a power cut would then lose less.
     assert "apply_eviction=false" in config
     assert f'fifo_path="{tmp_path / "f.fifo"}"' in config and f'logfile="{tmp_path / "l.log"}"' in config
+
+
+def test_the_walkthrough_table_and_the_opinions_cite_the_power_loss_runs_counts():
+    report = FakeReport(
+        [
+            _record("redis-everysec", 40, run="e1"),
+            _record("redis-always", 0, held=True, run="a1"),
+            _record("rabbitmq-noconfirm", 900, run="n1"),
+            _record("rabbitmq-confirms", 0, held=True, run="c1"),
+            _record("rabbitmq-quorum", 0, scenario="power-loss-all", held=True, run="q1"),
+        ]
+    )
+    answer = power_loss_answer(report)
+    assert answer.startswith("In a machine crash (power cut on LazyFS, 3 cuts per run): redis-everysec lost 40 of ")
+    assert "redis-always lost 0 of 5,000 [a1]" in answer and "rabbitmq-quorum (`power-loss-all`) lost 0" in answer
+    use = power_loss_use(report)
+    assert "survived on redis-always, rabbitmq-confirms, rabbitmq-quorum and not on redis-everysec" in use
+    assert "redis-everysec lost 40 of 5,000" in everysec_power_loss(report)
+    assert "redis-always lost 0 of 5,000" in everysec_power_loss(report)
+    confirms, quorum = power_loss_opinions(report)
+    assert "rabbitmq-noconfirm lost 900 of 5,000" in confirms and "[c1]" in confirms
+    assert "only with publisher confirms" in confirms  # said because the counts show it
+    assert "Quorum queues fsync on a majority" in quorum and "lost 0 of 5,000" in quorum and "[q1]" in quorum
+    # A loss is never worded as kept, and nothing measured means nothing claimed.
+    broken = FakeReport(
+        [
+            _record("rabbitmq-quorum", 3, scenario="power-loss-all", held=False, run="q2"),
+            _record("rabbitmq-noconfirm", 0, run="n2"),
+            _record("rabbitmq-confirms", 0, held=True, run="c2"),
+        ]
+    )
+    confirms, quorum = power_loss_opinions(broken)
+    assert "only with publisher confirms" not in confirms and "It did lose tasks here" in quorum
+    assert power_loss_answer(FakeReport([])) == "" and power_loss_opinions(FakeReport([])) == []
+    assert "not run yet" in everysec_power_loss(FakeReport([]))

@@ -39,6 +39,8 @@ FORMATION_POLL_INTERVAL = 1.0
 NET_TICKTIME = 10
 #: Docker's default bridge: the clients' path to every node (see the module docstring).
 CLIENT_NETWORK = "bridge"
+#: forget_cluster_node and growing quorum queues: each is one CLI call the node answers in seconds.
+FORGET_TIMEOUT = 120.0
 
 
 class RabbitCluster:
@@ -179,6 +181,35 @@ class RabbitCluster:
             f"cluster {self.name} formation ({len(want)} nodes)",
             on_timeout=lambda: f"wanted {want}, last saw {seen}\n{members[0]._log_excerpt()}",
         )
+
+    # -- replacing a member ----------------------------------------------
+    def forget(self, node: Any) -> str:
+        """Remove the stopped ``node`` from the cluster, from a running peer (``rabbitmqctl
+        forget_cluster_node``): what an operator does for a member whose data is gone, which its
+        peers would otherwise refuse ("thinks it's clustered with ..., but ... disagrees"). Its
+        quorum queue replicas go with it. Returns the Erlang name of the peer that did it."""
+        peers = [peer for peer in self.nodes if peer is not node and peer.is_running()]
+        errors: list[str] = []
+        for peer in peers:
+            try:
+                peer.rabbitmqctl("forget_cluster_node", node.node_name, timeout=FORGET_TIMEOUT)
+                return str(peer.node_name)
+            except NodeError as exc:
+                errors.append(str(exc).splitlines()[0])
+        raise NodeError(
+            f"cluster {self.name}: no running peer could forget {node.node_name}: {errors or 'none running'}"
+        )
+
+    def grow_quorum_queues(self, node: Any) -> int:
+        """Add a replica on ``node`` to every quorum queue that lacks one (what ``rabbitmq-queues
+        grow <node> all`` does), through ``rabbitmqctl eval`` on ``node``; the number of queues grown."""
+        grow = f'rabbit_quorum_queue:grow(\'{node.node_name}\', <<".*">>, <<".*">>, all)'
+        expr = f"length([ok || {{_, {{ok, _}}}} <- {grow}])."
+        out = node.rabbitmqctl("eval", expr, timeout=FORGET_TIMEOUT).strip()
+        try:
+            return int(out.splitlines()[-1])
+        except (ValueError, IndexError) as exc:
+            raise NodeError(f"growing quorum queues onto {node.node_name} answered {out!r}") from exc
 
     # -- partitions ------------------------------------------------------
     @property

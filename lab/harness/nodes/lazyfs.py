@@ -174,7 +174,9 @@ class LazyFSMount:
 
         def mounted() -> bool:
             if self._popen is not None and self._popen.poll() is not None:
-                raise NodeError(f"lazyfs exited with {self._popen.returncode} before mounting\n{self.logs()}")
+                raise NodeError(
+                    f"lazyfs exited with {self._popen.returncode} before mounting\n{self.logs()}\n{self._output()}"
+                )
             return is_mounted(self.path) and self.fifo.exists() and self._fifo_has_reader()
 
         poll(mounted, timeout, 0.05, f"LazyFS mount at {self.path}", on_timeout=self.logs)
@@ -263,6 +265,14 @@ class LazyFSMount:
             return self.log_path.read_text(errors="replace").count(line)
         except FileNotFoundError:
             return 0
+
+    def _output(self, tail: int = 20) -> str:
+        """The last lines lazyfs printed (where it says why it would not mount)."""
+        try:
+            lines = (self._require() / "stdout.log").read_text(errors="replace").splitlines()
+        except (FileNotFoundError, NodeError):
+            return "(no lazyfs output)"
+        return f"--- last {min(tail, len(lines))} lines lazyfs printed ---\n" + "\n".join(lines[-tail:])
 
     def logs(self, tail: int = 20) -> str:
         try:
