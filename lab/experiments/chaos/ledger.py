@@ -16,7 +16,9 @@ hand-made histories.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
+import statistics
 import threading
 import time
 from collections import Counter
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Literal
 
 Outcome = Literal["pending", "ok", "fail"]
+#: Attempt kinds the chaos load gives the tasks it sends with the exactly-once guarantee.
+GUARDED_KINDS = frozenset({"guarded", "api-guarded"})
 EventName = Literal["start", "finish", "abort", "effect"]
 
 
@@ -41,6 +45,8 @@ class Attempt:
     completed_at: float | None = None
     error: str | None = None
     kind: str = "task"
+    #: When the task is due (epoch seconds): a countdown/ETA task's due time, None for one due at once.
+    due_at: float | None = None
 
     @property
     def acknowledged(self) -> bool:
@@ -126,6 +132,16 @@ class Counts:
     duplicated_effects: int = 0
     #: Effects committed by tasks with the guarantee (one per task id when it holds).
     effects: int = 0
+    #: Attempted task ids of tasks with the guarantee (an attempt of a GUARDED_KINDS kind, or a
+    #: task whose name committed an effect): the guarded part of the stream, counted apart.
+    guarded: int = 0
+    #: Guarded task ids that finished more than once (runs, as in ``duplicated``).
+    guarded_duplicated: int = 0
+    #: Guarded task ids whose effect was committed more than once: what the guarantee keeps at 0.
+    guarded_duplicated_effects: int = 0
+    #: Guarded task ids that finished with no committed effect in the ledger: the effect is still
+    #: held by a claim a killed run left (it lapses with the lease), or its ledger entry was lost.
+    guarded_without_effect: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -177,6 +193,8 @@ def account(attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Cou
         task_id: effects[task_id] if task_id in effects or names.get(task_id) in guarded_names else runs
         for task_id, runs in finishes.items()
     }
+    guarded_ids = {a.task_id for a in attempts if a.kind in GUARDED_KINDS and a.task_id is not None}
+    guarded_ids |= {task_id for task_id, name in names.items() if name in guarded_names} | set(effects)
 
     return Counts(
         attempted=len(attempts),
@@ -197,6 +215,59 @@ def account(attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Cou
         duplicated_effects=sum(1 for n in effect_counts.values() if n > 1)
         + sum(1 for task_id, n in effects.items() if n > 1 and task_id not in finishes),
         effects=sum(effects.values()),
+        guarded=len(guarded_ids),
+        guarded_duplicated=sum(1 for task_id in guarded_ids if finishes[task_id] > 1),
+        guarded_duplicated_effects=sum(1 for task_id in guarded_ids if effects[task_id] > 1),
+        guarded_without_effect=sum(1 for task_id in guarded_ids if finishes[task_id] and not effects[task_id]),
+    )
+
+
+@dataclass(frozen=True)
+class Lateness:
+    """How late delayed tasks ran: run time (a task's first start) minus due time, in seconds, over
+    the acknowledged tasks with a due time that ran. Negative: it ran before it was due."""
+
+    #: Tasks measured.
+    n: int
+    p50: float
+    p99: float
+    max: float
+    min: float
+    mean: float
+    #: Tasks that started before their due time (by more than the tolerance asked for).
+    early: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The nearest-rank ``q`` percentile (0 < q <= 100) of sorted values: a value that occurred."""
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def lateness(attempts: Iterable[Attempt], executions: Iterable[Execution], *, early_by: float = 0.0) -> Lateness | None:
+    """Lateness of every acknowledged task that had a due time and ran (None if there is none).
+
+    A task's run time is its first start, whether or not that run finished: a rerun after a fault
+    makes a task late only if the fault came before it started."""
+    due = {a.task_id: a.due_at for a in attempts if a.acknowledged and a.task_id is not None and a.due_at is not None}
+    first_start: dict[str, float] = {}
+    for entry in executions:
+        if entry.event == "start" and entry.task_id in due:
+            first_start[entry.task_id] = min(entry.t, first_start.get(entry.task_id, entry.t))
+    late = sorted(t - due[task_id] for task_id, t in first_start.items())
+    if not late:
+        return None
+    return Lateness(
+        n=len(late),
+        p50=percentile(late, 50),
+        p99=percentile(late, 99),
+        max=late[-1],
+        min=late[0],
+        mean=statistics.fmean(late),
+        early=sum(1 for value in late if value < -early_by),
     )
 
 
@@ -210,9 +281,11 @@ class ProducerLedger:
         self.failed = 0
         self.last_ack_at: float | None = None
 
-    def invoke(self, task_id: str | None, kind: str = "task") -> Attempt:
+    def invoke(self, task_id: str | None, kind: str = "task", *, due_at: float | None = None) -> Attempt:
         with self._lock:
-            attempt = Attempt(index=len(self._attempts), task_id=task_id, invoked_at=time.time(), kind=kind)
+            attempt = Attempt(
+                index=len(self._attempts), task_id=task_id, invoked_at=time.time(), kind=kind, due_at=due_at
+            )
             self._attempts.append(attempt)
             return attempt
 
@@ -360,15 +433,18 @@ def save_history(path: Path, attempts: Iterable[Attempt], executions: Iterable[E
     try:
         db.execute(
             "CREATE TABLE attempts (idx INTEGER PRIMARY KEY, task_id TEXT, kind TEXT, invoked_at REAL, "
-            "outcome TEXT, completed_at REAL, error TEXT)"
+            "outcome TEXT, completed_at REAL, error TEXT, due_at REAL)"
         )
         db.execute(
             "CREATE TABLE executions (seq INTEGER PRIMARY KEY, event TEXT, task_id TEXT, name TEXT, worker TEXT, "
             "pid INTEGER, attempt INTEGER, redelivered INTEGER, t REAL, state TEXT)"
         )
         db.executemany(
-            "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ((a.index, a.task_id, a.kind, a.invoked_at, a.outcome, a.completed_at, a.error) for a in attempts),
+            "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (a.index, a.task_id, a.kind, a.invoked_at, a.outcome, a.completed_at, a.error, a.due_at)
+                for a in attempts
+            ),
         )
         db.executemany(
             "INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -387,6 +463,9 @@ def load_history(path: Path) -> History:
     """Read a history written by :func:`save_history` (to recount a run offline)."""
     db = sqlite3.connect(path)
     try:
+        # Histories saved before due times were recorded have no such column.
+        columns = {row[1] for row in db.execute("PRAGMA table_info(attempts)")}
+        due = "due_at" if "due_at" in columns else "NULL"
         attempts = [
             Attempt(
                 index=row[0],
@@ -396,8 +475,11 @@ def load_history(path: Path) -> History:
                 outcome=row[4],
                 completed_at=row[5],
                 error=row[6],
+                due_at=row[7],
             )
-            for row in db.execute("SELECT idx, task_id, kind, invoked_at, outcome, completed_at, error FROM attempts")
+            for row in db.execute(
+                f"SELECT idx, task_id, kind, invoked_at, outcome, completed_at, error, {due} FROM attempts"
+            )
         ]
         executions = [
             Execution(
@@ -438,15 +520,19 @@ def pending_counts(attempts: Iterable[Attempt], finished: Counter[str]) -> tuple
 
 
 __all__ = [
+    "GUARDED_KINDS",
     "Attempt",
     "Counts",
     "Execution",
     "ExecutionLog",
     "History",
+    "Lateness",
     "MemoryExecutionLog",
     "ProducerLedger",
     "account",
+    "lateness",
     "load_history",
     "pending_counts",
+    "percentile",
     "save_history",
 ]

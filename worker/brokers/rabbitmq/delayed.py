@@ -39,6 +39,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 from celery.app.amqp import AMQP
+from celery.signals import task_received
 from kombu import Connection, Queue
 from kombu.common import Broadcast
 from kombu.transport.native_delayed_delivery import (
@@ -80,6 +81,16 @@ _FALSE_WARNINGS = {
 def ladder_routing_key(routing_key: str) -> str:
     """``routing_key`` without the delay a trip through the ladder prefixed it with."""
     return _DELAY_PREFIX.sub("", routing_key, count=1)
+
+
+def strip_ladder_prefix(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """``task_received``: a task that came through the ladder shows the routing key it was published
+    with, like any other task, not the one carrying its delay: the dead-letter hooks record that key
+    as the message's queue (a replay publishes back to it) and a task may read it. A retry still
+    finds its queue (the delivery exchange binds ``#.<key>``, which matches the bare key)."""
+    info = getattr(request, "delivery_info", None)
+    if info and info.get("exchange") == DELIVERY_EXCHANGE and info.get("routing_key"):
+        info["routing_key"] = ladder_routing_key(info["routing_key"])
 
 
 def due_in(headers: dict[str, Any], now: float | None = None) -> float | None:
@@ -159,6 +170,12 @@ class DeclareLadder(bootsteps.StartStopStep):
     with a deleted and re-created work queue come back with the next worker."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        # The worker that receives tasks through the ladder shows them their own routing key
+        # (connecting the same receiver again is a no-op).
+        task_received.connect(strip_ladder_prefix, weak=False)
 
     def start(self, c: Any) -> None:
         try:

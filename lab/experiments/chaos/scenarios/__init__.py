@@ -40,12 +40,18 @@ Machine crashes (lab.experiments.chaos.scenarios.power_loss: the broker's data o
 * ``power-loss``      K power cuts of the broker's machine (kill -9, then every byte not fsynced is
                       dropped), restart on what is left.
 * ``power-loss-node`` / ``power-loss-all``  the 3-node quorum cluster: one machine, or all three.
+
+Delayed tasks (lab.experiments.chaos.scenarios.delayed):
+
+* ``delayed``         N tasks with countdowns over the next minutes; kill -9 the broker and a worker
+                      while they wait; lost, duplicated and lateness (run time - due time).
 """
 
 from __future__ import annotations
 
 from lab.experiments.chaos.scenarios.base import Scenario
 from lab.experiments.chaos.scenarios.broker_faults import BrokerKill, BrokerRestart, NodeLoss
+from lab.experiments.chaos.scenarios.delayed import Delayed
 from lab.experiments.chaos.scenarios.ha import Failover, Partition
 from lab.experiments.chaos.scenarios.power_loss import PowerLoss, PowerLossAll, PowerLossNode
 from lab.experiments.chaos.scenarios.producer_faults import ProducerOutage, PublishKill
@@ -70,6 +76,7 @@ SCENARIOS: dict[str, Scenario] = {
         PowerLoss(),
         PowerLossNode(),
         PowerLossAll(),
+        Delayed(),
     )
 }
 

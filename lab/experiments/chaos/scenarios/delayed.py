@@ -1,0 +1,290 @@
+"""Delayed tasks held by the broker while it and the workers are killed (issue 14).
+
+``delayed``: N no-op tasks are published with countdowns spread over the next minutes (each drawn
+from the seed), then, while they wait in the broker (Redis: a delayed sorted set per queue;
+RabbitMQ: the TTL ladder), K faults at seeded points in time: kill -9 of the broker (restarted on
+its data) and kill -9 of a worker (replaced), in turn. After the last task is due and the broker's
+delayed store is empty, the stack drains and the record counts lost and duplicated tasks, and
+**lateness**: run time (a task's first start) minus due time, p50 / p99 / max
+(``timings.lateness_s``). Each fault notes how many tasks were waiting in the broker just before
+it and once it was back (``waiting_before`` / ``waiting_after``): a broker that forgets them
+shows it there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from lab.experiments.chaos.ledger import lateness
+from lab.experiments.chaos.load import FAILURE_BACKOFF, Counter, Pacer
+from lab.experiments.chaos.runner import RunOptions
+from lab.experiments.chaos.scenarios.base import (
+    NOOP_TASK,
+    Scenario,
+    describe_errors,
+    ensure_workers,
+    fault_entry,
+    restart_node,
+    start_stack,
+)
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from lab.experiments.chaos.ledger import ProducerLedger
+    from lab.experiments.chaos.runner import ChaosRun
+    from lab.harness.setups import Setup
+    from worker.settings import Settings
+
+#: The shortest countdown (seconds): long enough that every task goes to the broker's delayed store
+#: (RabbitMQ's ladder takes whole seconds; shorter delays are held by the worker).
+MIN_COUNTDOWN = 5.0
+#: Countdowns are spread so that this many tasks per second come due on average: 10,000 tasks
+#: over 200 s. The spread is never shorter than the faults need (``Scenario.fault_period`` each).
+DUE_RATE = 50.0
+#: A start this much before the due time counts as early (the worker and the runner share a clock).
+EARLY_BY = 0.05
+#: After the last due time, how long the broker's delayed store may take to empty before the drain
+#: starts anyway (a store that keeps tasks past their due time is itself a finding).
+DUE_SLACK = 120.0
+#: The faults land in this first part of the wait after publishing: a slow producer (a busy machine)
+#: leaves fewer tasks waiting when it is done, and the last fault should still find many.
+FAULT_WINDOW = 0.6
+#: How long to keep asking a restarted broker how many tasks wait in it.
+DEPTH_RETRY_S = 30.0
+
+
+class DelayedLoad(threading.Thread):
+    """Publishes ``total`` no-op tasks, each with the countdown ``countdown(index)`` gives, and
+    writes every attempt into the ledger with its due time (time of the publish + countdown)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: ProducerLedger,
+        *,
+        total: int,
+        rate: float,
+        id_prefix: str,
+        countdown: Any,
+        threads: int = 1,
+    ) -> None:
+        super().__init__(name="chaos-delayed-load", daemon=True)
+        self.settings = settings
+        self.ledger = ledger
+        self.total = total
+        self.id_prefix = id_prefix
+        self.countdown = countdown
+        self.threads = threads
+        self.stop_event = threading.Event()
+        self.pacer = Pacer(rate, self.stop_event)
+        self.counter = Counter(total)
+        self.error: BaseException | None = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+
+    def run(self) -> None:
+        from worker.celery_app import create_celery
+
+        app = create_celery(self.settings, main="chaos-producer", producer_only=True)
+        self.started_at = time.time()
+        try:
+            helpers = [
+                threading.Thread(target=self._publish, args=(app,), daemon=True) for _ in range(self.threads - 1)
+            ]
+            for helper in helpers:
+                helper.start()
+            self._publish(app)
+            for helper in helpers:
+                helper.join()
+        except BaseException as exc:  # noqa: BLE001 - reported by the runner
+            self.error = exc
+        finally:
+            self.finished_at = time.time()
+            app.close()
+
+    def _publish(self, app: Celery) -> None:
+        while (index := self.counter.take(self.stop_event)) is not None:
+            self.pacer.wait()
+            countdown = self.countdown(index)
+            task_id = f"{self.id_prefix}-{index:07d}"
+            # Celery turns the countdown into an ETA a moment after this: the recorded due time is at
+            # most that moment early, never late.
+            attempt = self.ledger.invoke(task_id, "delayed", due_at=time.time() + countdown)
+            try:
+                app.tasks[NOOP_TASK].apply_async([], task_id=task_id, countdown=countdown)
+            except Exception as exc:  # noqa: BLE001 - any failure: not acknowledged
+                self.ledger.fail(attempt, f"{type(exc).__name__}: {exc}")
+                self.stop_event.wait(FAILURE_BACKOFF)
+            else:
+                self.ledger.ok(attempt)
+
+    @property
+    def done(self) -> bool:
+        return not self.is_alive() and self.started_at is not None
+
+    def stop(self, timeout: float = 30) -> None:
+        self.stop_event.set()
+        self.join(timeout)
+
+
+class Delayed(Scenario):
+    name = "delayed"
+    description = (
+        "N tasks with countdowns spread over the next minutes; kill -9 the broker and a worker in turn while "
+        "they wait; lost, duplicated and lateness (run time - due time)"
+    )
+
+    def auto_rate(self, setup: Setup, options: RunOptions) -> float:
+        return 0.0  # publish as fast as the producer goes: the countdowns spread the work, not the rate
+
+    def spread(self, setup: Setup, options: RunOptions) -> float:
+        """Seconds over which the countdowns are spread (beyond MIN_COUNTDOWN)."""
+        return max(options.tasks / DUE_RATE, (options.kills + 0.5) * self.fault_period(setup, options))
+
+    def run(self, ctx: ChaosRun) -> None:
+        from worker.brokers import profile_for
+        from worker.celery_app import create_celery
+
+        start_stack(ctx)
+        o = ctx.options
+        spread = self.spread(ctx.setup, o)
+        draws = [MIN_COUNTDOWN + ctx.rng.uniform(0.0, spread) for _ in range(o.tasks)]
+        load = DelayedLoad(
+            ctx.settings,
+            ctx.ledger,
+            total=o.tasks,
+            rate=ctx.rate,
+            id_prefix=f"chaos-{ctx.run_id}",
+            countdown=draws.__getitem__,
+            threads=o.producers,
+        )
+        ctx.register_load(load)
+        app = create_celery(ctx.settings, main="chaos-delayed-depth", producer_only=True)
+        ctx.register_load(_AppCloser(app))
+        profile = profile_for(ctx.settings)
+
+        def waiting() -> int | None:
+            try:
+                return profile.delayed_depth(app)
+            except Exception as exc:  # noqa: BLE001 - the broker may be down or still starting
+                log.debug("delayed depth: %r", exc)
+                return None
+
+        load.start()
+        ctx.wait_until(lambda: load.done, 24 * 3600, "the delayed tasks to be published", phase="load")
+        if load.error is not None:
+            raise RuntimeError(f"the producer failed: {load.error!r}") from load.error
+        published_at = time.time()
+        ctx.timings["load_s"] = published_at - (load.started_at or published_at)
+        dues = [a.due_at for a in ctx.ledger.attempts() if a.acknowledged and a.due_at is not None]
+        last_due = max(dues, default=published_at)
+        ctx.record.details["delayed"] = {
+            "countdown_s": [MIN_COUNTDOWN, round(MIN_COUNTDOWN + spread, 1)],
+            "waiting_after_publish": waiting(),
+            "last_due_in_s": round(last_due - published_at, 1),
+        }
+
+        for n, at in enumerate(self.fault_times(ctx, published_at, last_due), 1):
+            ctx.pause(max(0.0, at - time.time()), f"tasks waiting; fault {n} at +{at - ctx.t0_wall:.0f} s")
+            inject = self.kill_broker if n % 2 else self.kill_worker
+            fault = inject(ctx, n, waiting)
+            ctx.record.faults.append(fault)
+            ctx.faults_done = n
+
+        ctx.wait_until(
+            lambda: time.time() >= last_due and waiting() == 0,
+            max(0.0, last_due - time.time()) + DUE_SLACK,
+            "the delayed tasks to come due",
+            phase="drain",
+        )
+        ctx.record.details["delayed"]["waiting_at_drain"] = waiting()
+        ensure_workers(ctx)
+        ctx.drain()
+        self.account_lateness(ctx)
+        describe_errors(ctx)
+
+    def fault_times(self, ctx: ChaosRun, start: float, end: float) -> list[float]:
+        """K points in time in the first FAULT_WINDOW of the wait from the end of publishing to the
+        last due time (while most tasks still wait), evenly spread and jittered by the seed, like
+        the runner's fault points."""
+        count = ctx.options.kills
+        segment = max(0.0, end - start) * FAULT_WINDOW / (count + 1)
+        return sorted(start + i * segment + ctx.rng.uniform(-segment / 4, segment / 4) for i in range(1, count + 1))
+
+    def kill_broker(self, ctx: ChaosRun, n: int, waiting: Any) -> dict[str, Any]:
+        node = ctx.stack.broker
+        assert node is not None
+        before = waiting()
+        ctx.emit("fault", f"kill {n}/{ctx.faults_total}: broker {node.kind}", force=True)
+        killed_at = time.time()
+        node.kill()
+        fault = fault_entry(ctx, n, "kill", node.name, killed_at)
+        fault.update(target="broker", dead_at=time.time(), waiting_before=before)
+        if ctx.options.down_seconds:
+            ctx.pause(ctx.options.down_seconds, "broker down")
+        restart_node(node, fault, killed_at)
+        fault["waiting_after"] = ctx.wait_until(
+            lambda: _present(waiting()), DEPTH_RETRY_S, "the restarted broker's delayed store", phase="fault"
+        )
+        if fault["waiting_after"] is not None:
+            fault["waiting_after"] -= 1
+        return fault
+
+    def kill_worker(self, ctx: ChaosRun, n: int, waiting: Any) -> dict[str, Any]:
+        live = [w for w in ctx.stack.workers if w.is_running()]
+        worker = ctx.rng.choice(live)
+        before = waiting()
+        ctx.executions.poll()
+        interrupted = sorted(e.task_id for e in ctx.executions.running.values() if e.worker == worker.hostname)
+        ctx.emit("fault", f"kill {n}/{ctx.faults_total}: worker {worker.name}", force=True)
+        killed_at = time.time()
+        worker.kill()
+        fault = fault_entry(ctx, n, "kill", worker.hostname, killed_at)
+        fault.update(target="worker", interrupted=len(interrupted), interrupted_ids=interrupted[:8], ref_at=killed_at)
+        fault["waiting_before"] = before
+        ctx.stack.replace_worker(worker, wait=True)
+        fault["waiting_after"] = waiting()
+        return fault
+
+    def account_lateness(self, ctx: ChaosRun) -> None:
+        """Lateness over the whole run, per-fault recovery (the first task started after the broker
+        was back or the worker died), and fault times relative to the run's start."""
+        ctx.executions.poll_all()
+        late = lateness(ctx.ledger.attempts(), ctx.executions.entries, early_by=EARLY_BY)
+        ctx.timings["lateness_s"] = late.to_dict() if late is not None else None
+        if late is not None and late.early:
+            ctx.note(f"{late.early} task(s) started more than {EARLY_BY} s before they were due")
+        for fault in ctx.record.faults:
+            ref = fault.pop("ref_at", None)
+            first = min((e.t for e in ctx.executions.starts_after(ref)), default=None) if ref else None
+            fault["consumer_recovery_s"] = None if first is None else first - ref
+            for key in ("killed_at", "dead_at", "ready_at"):
+                if fault.get(key) is not None:
+                    fault[key] = fault[key] - ctx.t0_wall
+
+
+def _present(depth: int | None) -> int | None:
+    """A depth as a truthy value for polling (0 waiting is an answer too): depth + 1, or None."""
+    return None if depth is None else depth + 1
+
+
+class _AppCloser:
+    """Closes the scenario's own Celery app at cleanup (as a registered load)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def stop(self, timeout: float = 0) -> None:
+        try:
+            self.app.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+__all__ = ["Delayed", "DelayedLoad"]

@@ -1,0 +1,33 @@
+"""The delayed-memory bench (lab.experiments.delayed_memory) at a small size: who holds waiting
+delayed tasks. brokerstack's setups leave them all in the broker and none in the worker, on both
+brokers; kombu's stock Redis transport hands every one of them to the worker at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.experiments.delayed_memory import measure_once, summarize
+from tests.conftest import BROKER_KINDS
+
+pytestmark = pytest.mark.integration
+
+TASKS = 200
+
+
+def _brokerstack_transport(kind: str) -> str | None:
+    return "brokerstack" if kind == "redis" else None
+
+
+@pytest.mark.parametrize("kind", BROKER_KINDS)
+def test_waiting_tasks_stay_in_the_broker_not_in_the_worker(kind, driver):
+    run = measure_once(kind, _brokerstack_transport(kind), driver=driver, tasks=TASKS, countdown=3600)
+    assert (run["waiting_in_broker"], run["held_by_worker"]) == (TASKS, 0)
+    assert run["before"]["worker_rss_bytes"] > 0 and run["after"]["broker_memory_bytes"] > 0
+    summary = summarize([run], TASKS)
+    growth = summary["worker_rss_bytes"]["growth"]["median"]
+    assert growth == run["after"]["worker_rss_bytes"] - run["before"]["worker_rss_bytes"]
+
+
+def test_kombus_stock_redis_transport_hands_every_waiting_task_to_the_worker(driver):
+    run = measure_once("redis", "kombu", driver=driver, tasks=TASKS, countdown=3600)
+    assert (run["waiting_in_broker"], run["held_by_worker"]) == (0, TASKS)
