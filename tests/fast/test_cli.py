@@ -17,7 +17,7 @@ from tests.fast.conftest import MemoryDeadLetterStore, dead_letter, fast_setting
 from worker.dead_letters import DeadLetterStore
 
 OPERATOR_COMMANDS = {"config", "dlq", "fakes"}
-LAB_COMMANDS = {"chaos", "bench", "priority", "report", "sizing", "task-cost"}
+LAB_COMMANDS = {"chaos", "bench", "priority", "report", "sizing", "task-cost", "idempotency-cost", "delayed-memory"}
 runner = CliRunner()
 
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 import os
 import time
 
-from celery import shared_task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+
+from worker.idempotent import IdempotentTask
+from worker.outbox import outbox_for
 
 #: Longest accepted sleep, so a typo cannot park a worker for days.
 MAX_SLEEP_SECONDS = 3600
+#: guarded_noop's claim lease (seconds). Its body takes milliseconds; the default lease (the hard
+#: time limit, 30 min) would hold a claim left by a killed run, and so the chaos runs' drain, that long.
+GUARDED_NOOP_LEASE = 15.0
+#: The outbox kind guarded_noop records its effect under (one entry per task id when the guarantee holds).
+GUARDED_NOOP_OUTBOX = "guarded_noop"
 
 
 class InjectedFailure(Exception):
@@ -19,6 +27,13 @@ class InjectedFailure(Exception):
 @shared_task
 def noop() -> None:
     return None
+
+
+@shared_task(bind=True, base=IdempotentTask, claim_lease=GUARDED_NOOP_LEASE)
+def guarded_noop(self: Task) -> None:
+    """noop with the exactly-once guarantee: its one effect is an outbox entry, committed with its
+    claim. The chaos load mixes it with plain noops to count duplicated effects apart from runs."""
+    outbox_for(self.app).record(GUARDED_NOOP_OUTBOX)
 
 
 @shared_task

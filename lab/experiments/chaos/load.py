@@ -9,10 +9,17 @@
   careful client, each request carries an ``Idempotency-Key`` and is retried with the same key after
   a 503, a 409 or a timeout, so a publish whose answer was lost is the same task, not a second one
   (each try is its own ledger attempt: the refusals stay counted).
+
+The default stream of both (:func:`noop_plan`, :func:`api_plan`) mixes tasks with the exactly-once
+guarantee (``IdempotentTask``: ``guarded_noop`` through Celery, ``send_email`` through the API)
+into the plain no-ops, a fixed seeded share of them, so every run counts duplicated *effects* of
+guarded tasks apart from duplicated *executions* (``lab.experiments.chaos.ledger``: the
+``guarded_*`` counts).
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -34,10 +41,51 @@ API_RETRY_STATUSES = frozenset({409, 503})
 
 #: (task name, positional args, kind) for the i-th task of a run.
 Plan = Callable[[int], tuple[str, list, str]]
+#: (path, JSON body, kind) of the i-th request of an API load.
+ApiPlan = Callable[[int], tuple[str, dict, str]]
+
+PLAIN_TASK = "worker.tasks.tools.noop"
+#: A no-op with the guarantee whose effect is one outbox entry; its claim lease is short, so a claim
+#: a killed worker left lapses within the run (worker.tasks.tools.GUARDED_NOOP_LEASE).
+GUARDED_TASK = "worker.tasks.tools.guarded_noop"
+#: The API's guarded task: the product's own (its claim lease is the hard time limit, but the
+#: scenario that loads the API, producer-outage, kills the broker, never a worker mid-task).
+API_GUARDED_TASK = "send_email"
+API_PLAIN_TASK = "noop"
+#: Share of the default stream's tasks sent with the guarantee. Half and half: both parts get the
+#: same faults and enough tasks to count.
+GUARDED_SHARE = 0.5
+#: Seeds the per-index draw: the same indices are guarded in every run, on every setup, so two
+#: records of one scenario mix exactly the same tasks.
+MIX_SEED = 15
 
 
-def noop_plan(_: int) -> tuple[str, list, str]:
-    return "worker.tasks.tools.noop", [], "noop"
+def is_guarded(index: int) -> bool:
+    """Whether the ``index``-th task of the default stream carries the guarantee (seeded, fixed)."""
+    return random.Random(f"{MIX_SEED}-{index}").random() < GUARDED_SHARE
+
+
+def plain_noop_plan(_: int) -> tuple[str, list, str]:
+    return PLAIN_TASK, [], "noop"
+
+
+def mixed_plan(index: int) -> tuple[str, list, str]:
+    """The default stream: no-ops, GUARDED_SHARE of them (seeded per index) with the guarantee."""
+    if is_guarded(index):
+        return GUARDED_TASK, [], "guarded"
+    return plain_noop_plan(index)
+
+
+#: What every scenario's stream is made of unless it sends its own tasks (their plans fall back to
+#: it): the mix, so every run counts guarded and unguarded tasks side by side.
+noop_plan: Plan = mixed_plan
+
+
+def api_plan(index: int) -> tuple[str, dict, str]:
+    """The API load's stream: the same seeded mix, through ``POST /tasks/{name}``."""
+    if is_guarded(index):
+        return f"/tasks/{API_GUARDED_TASK}", {"args": [f"chaos-{index}", "chaos@example.com"]}, "api-guarded"
+    return f"/tasks/{API_PLAIN_TASK}", {}, "api"
 
 
 class Pacer:
@@ -186,7 +234,8 @@ class ApiStats:
 
 
 class ApiLoad:
-    """``clients`` threads POSTing ``/tasks/noop`` until ``total`` requests were made."""
+    """``clients`` threads POSTing the ``plan``'s requests (the mix: ``/tasks/noop`` and
+    ``/tasks/send_email``) until ``total`` requests were made."""
 
     def __init__(
         self,
@@ -199,8 +248,10 @@ class ApiLoad:
         request_timeout: float,
         api_key: str | None = None,
         limit: int | None = None,
+        plan: ApiPlan = api_plan,
     ) -> None:
         self.base_url = base_url
+        self.plan = plan
         self.ledger = ledger
         self.total = total
         self.request_timeout = request_timeout
@@ -245,22 +296,23 @@ class ApiLoad:
                         break
                     self.pacer.wait()
                     key = f"{self.key_prefix}-{index:07d}"
+                    path, body, kind = self.plan(index)
                     for _ in range(API_KEYED_TRIES):
-                        if self.stop_event.is_set() or self._one(client, key):
+                        if self.stop_event.is_set() or self._one(client, key, path, body, kind):
                             break
         except BaseException as exc:  # noqa: BLE001 - reported by the runner
             self.errors.append(exc)
         finally:
             self.finished_at = time.time()
 
-    def _one(self, client: object, key: str) -> bool:
+    def _one(self, client: object, key: str, path: str, body: dict, kind: str) -> bool:
         """One try of the request with Idempotency-Key ``key``; False if it is worth retrying."""
         import httpx
 
-        attempt = self.ledger.invoke(None, "api")
+        attempt = self.ledger.invoke(None, kind)
         started = time.monotonic()
         try:
-            response = client.post("/tasks/noop", json={}, headers={"Idempotency-Key": key})  # type: ignore[attr-defined]
+            response = client.post(path, json=body, headers={"Idempotency-Key": key})  # type: ignore[attr-defined]
         except httpx.HTTPError as exc:
             latency = time.monotonic() - started
             self.ledger.fail(attempt, f"{type(exc).__name__}: {exc}")
