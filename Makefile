@@ -61,12 +61,18 @@ measure: venv
 	$(PY) -m services.cli chaos matrix --scenario idle-kill --scenario broker-restart-mid-task --kills 20 --tasks 200 --transport brokerstack --transport kombu --seed 9
 	$(PY) -m services.cli chaos matrix --scenario rolling-deploy --kills 10 --tasks 240 --transport brokerstack --transport kombu --seed 9
 	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario power-loss --scenario power-loss-node --scenario power-loss-all --seed 20261129
+	$(PY) -m services.cli chaos matrix --tasks 10000 --kills 3 --scenario delayed --driver docker
 	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario failover --scenario partition --driver docker --seed 1129
+	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario failover --scenario partition --driver docker --seed 1130
+	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario failover --scenario partition --driver docker --seed 1131
+	$(PY) -m lab.experiments.wait_cost --tasks 3000 --repetitions 3 --driver docker
 	$(PY) -m services.cli chaos run --scenario worker-kill --setup redis-everysec --duration 16m --fault-interval 5 --visibility-timeout 5 --seed 11
 	$(PY) -m services.cli chaos run --scenario worker-kill --setup redis-everysec --duration 16m --fault-interval 5 --visibility-timeout 5 --seed 11 --transport kombu
 	$(PY) -m services.cli bench
 	$(PY) -m services.cli priority
 	$(PY) -m services.cli task-cost
+	$(PY) -m services.cli idempotency-cost --driver docker
+	$(PY) -m services.cli delayed-memory --driver docker
 	$(PY) -m services.cli sizing
 	$(PY) -m services.cli report --min-chaos-tasks 5000
 

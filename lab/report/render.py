@@ -8,11 +8,30 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lab.experiments.bench.records import (
+    Backlog,
+    BenchRecord,
+    Consume,
+    Latency,
+    Rate,
+    Ratios,
+    ResourcesSection,
+    SteadyLatency,
+)
+from lab.experiments.bench.vendors import BENCH_VENDORS, bench_vendor
 from lab.experiments.chaos.record import summary_row
 from lab.harness.setups import DEFAULT_TRANSPORT, ROUTINE, SCENARIO_NAMES, SETUPS
 from lab.report import charts
+from lab.report.delayed import delayed_section
 from lab.report.failover import failover_section
-from lab.report.power_loss import power_loss_section
+from lab.report.idempotency import idempotency_section
+from lab.report.power_loss import (
+    everysec_power_loss,
+    power_loss_answer,
+    power_loss_opinions,
+    power_loss_section,
+    power_loss_use,
+)
 from lab.report.sources import (
     PUBLISHED_MIN_CHAOS_TASKS,
     PUBLISHED_MIN_ROUTINE_FAULTS,
@@ -86,26 +105,27 @@ def ms(value: Any) -> str:
     return DASH if value is None else (f"{value:.1f}" if value < 100 else f"{value:,.0f}")
 
 
-def median_rate(section: Any) -> str:
+def median_rate(section: Rate | None) -> str:
     """A repeated rate as its median with the repetitions' range; a single run as the bare rate."""
-    if not isinstance(section, dict) or not section.get("per_s"):
+    if section is None or not section.per_s:
         return DASH
-    if (section.get("repeats") or 1) < 2:
-        return rate(section["per_s"])
-    return f"{rate(section['per_s'])} [{section.get('per_s_min', 0):,.0f}-{section.get('per_s_max', 0):,.0f}]"
+    if (section.repeats or 1) < 2:
+        return rate(section.per_s)
+    return f"{rate(section.per_s)} [{section.per_s_min or 0:,.0f}-{section.per_s_max or 0:,.0f}]"
 
 
-def _overlap(a: Any, b: Any) -> bool:
+def _overlap(a: Rate | None, b: Rate | None) -> bool:
     """Whether two repeated rates' ranges overlap (a difference inside the noise); False when either
     is a single run, which has no range to judge by."""
-    if not isinstance(a, dict) or not isinstance(b, dict) or min(a.get("repeats") or 1, b.get("repeats") or 1) < 2:
+    if a is None or b is None or min(a.repeats or 1, b.repeats or 1) < 2:
         return False
-    return bool(a["per_s_min"] <= b["per_s_max"] and b["per_s_min"] <= a["per_s_max"])
+    if a.per_s_min is None or a.per_s_max is None or b.per_s_min is None or b.per_s_max is None:
+        return False
+    return bool(a.per_s_min <= b.per_s_max and b.per_s_min <= a.per_s_max)
 
 
-def repeats_note(record: dict[str, Any]) -> str:
-    repeats = (record.get("end_to_end") or {}).get("repeats") or 1
-    return "1 (one run, no range)" if repeats < 2 else str(repeats)
+def repeats_note(record: BenchRecord) -> str:
+    return "1 (one run, no range)" if record.repeats < 2 else str(record.repeats)
 
 
 #: The two drain configurations of a bench, as the records and the tables name them.
@@ -135,29 +155,20 @@ def table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _pool(record: dict[str, Any], pool: str) -> dict[str, Any]:
-    return ((record.get("end_to_end") or {}).get("pools") or {}).get(pool) or {}
-
-
-def _consume_rate(record: dict[str, Any], pool: str, *, defaults: bool = False) -> float | None:
+def _consume_rate(record: BenchRecord, pool: str, *, defaults: bool = False) -> float | None:
     """A pool's drain rate: fire-and-forget with the throughput prefetch, or with brokerstack's
     defaults (prefetch 1, results stored)."""
-    section = _pool(record, pool)
-    if defaults:
-        section = section.get("defaults") or {}
-    return (section.get("consume") or {}).get("per_s")
+    drain = record.drain(pool, defaults=defaults)
+    return drain.per_s if drain else None
 
 
-def _drain(record: dict[str, Any], pool: str, _rate: float = 0.0, *, defaults: bool = False) -> dict[str, Any]:
+def _drain(record: BenchRecord, pool: str, _rate: float = 0.0, *, defaults: bool = False) -> Consume | None:
     """A pool's drain section (the repeated rate with its range); ``_rate`` lets a ``_fastest`` tuple
     be passed as is."""
-    section = _pool(record, pool)
-    if defaults:
-        section = section.get("defaults") or {}
-    return section.get("consume") or {}
+    return record.drain(pool, defaults=defaults)
 
 
-def _best_e2e(record: dict[str, Any], *, defaults: bool = False) -> tuple[str | None, float | None]:
+def _best_e2e(record: BenchRecord, *, defaults: bool = False) -> tuple[str | None, float | None]:
     rates: dict[str, float] = {}
     for pool in POOLS:
         value = _consume_rate(record, pool, defaults=defaults)
@@ -191,6 +202,8 @@ class Report:
             self.durability(),
             failover_section(self),
             power_loss_section(self),
+            delayed_section(self),
+            idempotency_section(self),
             self.soak(),
             self.speed(),
             self.priority(),
@@ -205,14 +218,16 @@ class Report:
     def header(self) -> str:
         versions = sorted(
             {r["versions"].get("broker", "?") for r in self.src.chaos}
-            | {r.get("broker_version", "?") for r in self.src.bench}
+            | {r.broker_version or "?" for r in self.src.bench}
             | {r["broker_version"] for r in self.src.priority}
         )
-        bench_clients = next((r.get("clients") for r in self.src.bench), None)
+        bench_clients = next((r.clients for r in self.src.bench), None)
         chaos_versions = next((r.get("versions") for r in self.src.chaos), None)
         clients: dict[str, Any] = bench_clients or chaos_versions or {}
-        machine = next((r.get("machine") for r in self.src.bench), None) or {}
-        drivers = sorted({r["driver"] for r in [*self.src.chaos, *self.src.bench, *self.src.priority]})
+        machine = next((r.machine.to_dict() for r in self.src.bench), None) or {}
+        drivers = sorted(
+            {r["driver"] for r in [*self.src.chaos, *self.src.priority]} | {r.driver or "?" for r in self.src.bench}
+        )
         return "\n".join(
             [
                 "# Redis or RabbitMQ for Celery: the ops comparison",
@@ -257,8 +272,8 @@ class Report:
     def _chaos(self, scenario: str, setup: str) -> dict[str, Any] | None:
         return next((r for r in self.chaos_rows if r["scenario"] == scenario and r["setup"] == setup), None)
 
-    def _bench(self, setup: str) -> dict[str, Any] | None:
-        return next((r for r in self.src.bench if r["setup"] == setup), None)
+    def _bench(self, setup: str) -> BenchRecord | None:
+        return next((r for r in self.src.bench if r.setup == setup), None)
 
     def _lost(self, scenario: str, setup: str) -> str:
         row = self._chaos(scenario, setup)
@@ -290,29 +305,30 @@ class Report:
 
     def _answer_speed(self) -> str:
         parts = []
-        for broker in ("redis", "rabbitmq"):
+        for broker in BENCH_VENDORS:
             best = self._fastest(broker)
             if best:
                 record, pool, value = best
                 parts.append(
-                    f"{broker}: up to {rate(value)} end to end ({record['setup']}, {pool}) {self.src.cite(record)}"
+                    f"{broker}: up to {rate(value)} end to end ({record.setup}, {pool}) {self.src.cite(record)}"
                 )
         return "; ".join(parts) or "not measured"
 
-    def _fastest(self, broker: str, *, defaults: bool = False) -> tuple[dict[str, Any], str, float] | None:
+    def _fastest(self, broker: str, *, defaults: bool = False) -> tuple[BenchRecord, str, float] | None:
         """The bench record, pool and rate of the fastest end-to-end run on ``broker`` (fire-and-forget,
         or with brokerstack's defaults)."""
-        candidates: list[tuple[dict[str, Any], str, float]] = []
+        candidates: list[tuple[BenchRecord, str, float]] = []
         for r in self.src.bench:
-            if r["broker"] == broker:
+            if r.broker == broker:
                 pool, value = _best_e2e(r, defaults=defaults)
                 if pool is not None and value:
                     candidates.append((r, pool, value))
         return max(candidates, key=lambda c: c[2]) if candidates else None
 
     def _answer_persistence(self) -> str:
-        return "; ".join(self._lost("broker-kill", s) for s in SETUPS if SETUPS[s].applies_to("broker-kill")) + (
-            " (acknowledged tasks, `kill -9` of the broker under load)"
+        return (
+            "; ".join(self._lost("broker-kill", s) for s in SETUPS if SETUPS[s].applies_to("broker-kill"))
+            + (" (acknowledged tasks, `kill -9` of the broker under load). " + power_loss_answer(self)).rstrip()
         )
 
     def _answer_dlq(self) -> str:
@@ -332,8 +348,8 @@ class Report:
     def _answer_use(self) -> str:
         return (
             "pick by the durability you need and can pay for: see *Where the common opinion is wrong* and the "
-            "decision guide in `docs/choosing-a-broker.md`"
-        )
+            "decision guide in `docs/choosing-a-broker.md`. " + power_loss_use(self)
+        ).strip()
 
     def opinions(self) -> str:
         bullets = []
@@ -365,9 +381,9 @@ class Report:
                 f"dies: Redis normally hands each write to the operating system before it replies, so `kill -9` of the "
                 f"Redis "
                 f"process three times under load lost {n(everysec['lost'])} of {n(everysec['acknowledged'])} "
-                f"{self.src.cite(everysec['_record'])}. The fsync policy decides what survives a power loss or "
-                f"kernel crash, which these runs do not simulate."
+                f"{self.src.cite(everysec['_record'])}. " + everysec_power_loss(self)
             )
+        bullets.extend(power_loss_opinions(self))
         redis_best, rabbit_best = self._fastest("redis"), self._fastest("rabbitmq")
         redis_tracked, rabbit_tracked = self._fastest("redis", defaults=True), self._fastest("rabbitmq", defaults=True)
         if redis_best and rabbit_best and redis_tracked and rabbit_tracked:
@@ -547,22 +563,21 @@ class Report:
             return "## Speed\n\nNo benchmark records yet: run `brokerstack bench`."
         rows = []
         for r in self.src.bench:
-            ratios = r.get("ratios") or {}
+            ratios = r.ratios or Ratios()
             pool, _ = _best_e2e(r)
             default_pool, default_best = _best_e2e(r, defaults=True)
+            solo = r.pool("solo")
             rows.append(
                 (
-                    r["setup"],
-                    rate(ratios.get("raw_consume_per_s")),
-                    *(median_rate(_pool(r, p).get("consume")) for p in POOLS),
-                    f"{ratio(ratios.get('e2e_vs_raw_consume_best'))} ({pool or DASH})",
-                    ratio(ratios.get("goal_e2e_vs_raw_consume")),
+                    r.setup,
+                    rate(ratios.raw_consume_per_s),
+                    *(median_rate(r.drain(p)) for p in POOLS),
+                    f"{ratio(ratios.e2e_vs_raw_consume_best)} ({pool or DASH})",
+                    ratio(ratios.goal_e2e_vs_raw_consume),
                     f"{rate(default_best)} ({default_pool or DASH})",
-                    ratio((ratios.get("e2e_defaults_vs_raw_consume") or {}).get(default_pool))
-                    if default_pool
-                    else DASH,
-                    f"{rate(ratios.get('raw_publish_per_s'))} ({ratios.get('raw_publish_basis', '?')})",
-                    rate(_pool(r, "solo").get("enqueue", {}).get("per_s")),
+                    ratio(ratios.e2e_defaults_vs_raw_consume.get(default_pool)) if default_pool else DASH,
+                    f"{rate(ratios.raw_publish_per_s)} ({ratios.raw_publish_basis or '?'})",
+                    rate(solo.enqueue.per_s if solo and solo.enqueue else None),
                     repeats_note(r),
                     self.src.cite(r),
                 )
@@ -570,46 +585,47 @@ class Report:
         latency_rows = []
         for r in self.src.bench:
             for p in POOLS:
-                lat = _pool(r, p).get("latency") or {}
-                start, finish = lat.get("enqueue_to_start_ms") or {}, lat.get("enqueue_to_finish_ms") or {}
-                if finish.get("n"):
+                result = r.pool(p)
+                lat = (result.latency if result else None) or SteadyLatency()
+                start, finish = lat.enqueue_to_start_ms or Latency(), lat.enqueue_to_finish_ms or Latency()
+                if finish.n:
                     latency_rows.append(
                         (
-                            r["setup"],
+                            r.setup,
                             p,
-                            rate(lat.get("rate_achieved_per_s")),
-                            " / ".join(ms(start.get(k)) for k in ("p50", "p95", "p99")),
-                            " / ".join(ms(finish.get(k)) for k in ("p50", "p95", "p99")),
+                            rate(lat.rate_achieved_per_s),
+                            " / ".join(ms(v) for v in (start.p50, start.p95, start.p99)),
+                            " / ".join(ms(v) for v in (finish.p50, finish.p95, finish.p99)),
                             self.src.cite(r),
                         )
                     )
         api_rows = []
         for r in self.src.bench:
-            for run in (r.get("api") or {}).get("runs") or []:
-                lat = run.get("latency_ms") or {}
-                confirm = {True: "on", False: "off", None: DASH}[run.get("confirm_publish")]
+            for run in r.api.runs if r.api else []:
+                api_lat = run.latency_ms or Latency()
+                confirm = {True: "on", False: "off", None: DASH}[run.confirm_publish]
                 api_rows.append(
                     (
-                        r["setup"],
-                        run.get("uvicorn_workers"),
+                        r.setup,
+                        run.uvicorn_workers,
                         confirm,
-                        run.get("concurrency"),
-                        rate(run.get("rps")),
-                        " / ".join(ms(lat.get(k)) for k in ("p50", "p95", "p99")),
-                        n(run.get("errors")),
+                        run.concurrency,
+                        rate(run.rps),
+                        " / ".join(ms(v) for v in (api_lat.p50, api_lat.p95, api_lat.p99)),
+                        n(run.errors),
                         self.src.cite(r),
                     )
                 )
         confirm_rows = [
             (
-                r["setup"],
-                ratio((r.get("ratios") or {}).get("raw_confirm_cost")),
-                ratio((r.get("ratios") or {}).get("raw_pipelined_confirm_cost")),
-                ratio((r.get("ratios") or {}).get("api_confirm_cost")),
+                r.setup,
+                ratio(r.ratios.raw_confirm_cost if r.ratios else None),
+                ratio(r.ratios.raw_pipelined_confirm_cost if r.ratios else None),
+                ratio(r.ratios.api_confirm_cost if r.ratios else None),
                 self.src.cite(r),
             )
             for r in self.src.bench
-            if r["broker"] == "rabbitmq"
+            if bench_vendor(r.broker).confirms
         ]
         throughput_png = self._chart(charts.throughput_chart, self.src.bench, "throughput.png")
         latency_png = self._chart(charts.latency_chart, self.src.bench, "latency.png")
@@ -618,8 +634,7 @@ class Report:
             "",
             "### Throughput against the raw client ceiling",
             "",
-            "The raw ceiling is the broker's own client on this machine with the same durability (redis-py "
-            "LPUSH/BRPOP; py-amqp persistent publish, confirms where the setup has them, consume with acks). "
+            self._ceiling_text() + " "
             "brokerstack's rate is no-op tasks drained from a backlog by one real `celery worker` per pool, "
             "fire-and-forget (`ignore_result`, as the raw client stores no results either) with prefetch "
             "multiplier 16. The *defaults* columns drain the same backlog with brokerstack's defaults "
@@ -678,37 +693,62 @@ class Report:
             ]
         return "\n".join(text)
 
+    def _ceiling_text(self) -> str:
+        """What the raw ceiling is, for the records the table holds: the best client each broker has
+        (what the bench measures now), or the one-message client of records from before it."""
+        one_message = [
+            self.src.cite(r)
+            for r in self.src.bench
+            if r.ratios is not None and (r.ratios.raw_consume_basis or "consume") == "consume"
+        ]
+        text = (
+            "The raw ceiling is the best client the broker has, on this machine at the same durability, as "
+            "`brokerstack bench` measures it: redis-py LPUSH in pipelines and RPOP with a count; py-amqp "
+            "persistent publishes with confirms pipelined in a window where the setup has confirms (none "
+            "where it has not), and a consume with a large prefetch acked `multiple` at a time."
+        )
+        if one_message:
+            text += (
+                f" The records {', '.join(one_message)} are older: their ceiling is the one-message client "
+                "(LPUSH/BRPOP; a confirm per message where the setup confirms; one ack per message), and their "
+                "ratios are taken against it."
+            )
+        return text + (
+            " The *goal* column is the issue's target, set when the ceiling was the one-message client: a ratio "
+            "against the batched ceiling is lower by what batching gains and is not judged by it."
+        )
+
     def transports(self) -> str:
         """brokerstack's Redis transport beside kombu's stock one, from the drains a bench alternated."""
         rows = []
         verdicts: dict[str, list[str]] = {}
         for r in self.src.bench:
-            if r.get("broker") != "redis":
+            if not bench_vendor(r.broker).transports or r.end_to_end is None:
                 continue
-            e2e = r.get("end_to_end") or {}
-            for pool, comparison in (e2e.get("comparison") or {}).items():
+            e2e = r.end_to_end
+            for pool, comparison in (e2e.comparison or {}).items():
                 for key, label in CONFIGS:
-                    pair = (comparison or {}).get(key)
+                    pair = comparison.config(key) if comparison else None
                     if not pair:
                         continue
-                    verdict = pair.get("verdict") or "unknown"
-                    verdicts.setdefault(verdict, []).append(f"{r['setup']} {pool} {label} {self.src.cite(r)}")
+                    verdict = pair.verdict or "unknown"
+                    verdicts.setdefault(verdict, []).append(f"{r.setup} {pool} {label} {self.src.cite(r)}")
                     rows.append(
                         (
-                            r["setup"],
+                            r.setup,
                             pool,
                             label,
-                            median_rate(pair.get("brokerstack")),
-                            median_rate(pair.get("kombu")),
-                            ratio(pair.get("ratio")),
+                            median_rate(pair.brokerstack),
+                            median_rate(pair.kombu),
+                            ratio(pair.ratio),
                             verdict,
-                            n(e2e.get("repeats")),
+                            n(e2e.repeats),
                             self.src.cite(r),
                         )
                     )
         text = ["### Redis transports side by side", ""]
         if not rows:
-            one_run = [self.src.cite(r) for r in self.src.bench if r.get("broker") == "redis"]
+            one_run = [self.src.cite(r) for r in self.src.bench if bench_vendor(r.broker).transports]
             text.append(
                 "No benchmark record compares brokerstack's Redis transport with kombu's yet"
                 + (
@@ -814,18 +854,18 @@ class Report:
     def resources(self) -> str:
         rows = []
         for r in self.src.bench:
-            res = r.get("resources") or {}
-            backlog = res.get("backlog") or {}
-            per10k = res.get("per_10k_tasks") or {}
-            cpu = per10k.get("solo", {}).get("broker_cpu_s")
+            res = r.resources or ResourcesSection()
+            backlog = res.backlog or Backlog()
+            solo = res.per_10k_tasks.get("solo")
+            cpu = solo.broker_cpu_s if solo else None
             rows.append(
                 (
-                    r["setup"],
-                    mib((res.get("broker_idle") or {}).get("rss_bytes")),
+                    r.setup,
+                    mib(res.broker_idle.rss_bytes if res.broker_idle else None),
                     DASH if cpu is None else f"{cpu:.1f} s",
-                    n(backlog.get("tasks")),
-                    mib(backlog.get("rss_growth_bytes")),
-                    n(backlog.get("bytes_per_task")),
+                    n(backlog.tasks),
+                    mib(backlog.rss_growth_bytes),
+                    n(backlog.bytes_per_task),
                     self.src.cite(r),
                 )
             )
@@ -858,7 +898,7 @@ class Report:
         lines += [f"[{s.label}]: {self._rel(s.path)}" for s in self.src.cited.values()]
         return "\n".join(lines)
 
-    def _chart(self, draw: Any, data: list[dict[str, Any]], name: str) -> Path | None:
+    def _chart(self, draw: Any, data: list[Any], name: str) -> Path | None:
         path = self.charts_dir / name
         if not data:
             return None
