@@ -315,26 +315,3 @@ def test_the_test_fixtures_purge_leaves_no_waiting_task_for_the_next_test(own_br
         assert profile.delayed_depth(app) == 0
     finally:
         app.close()
-
-
-@pytest.mark.parametrize("own_broker", ["rabbitmq"], indirect=True)
-def test_the_ladder_is_quorum_and_dead_letters_at_least_once_beside_classic_work_queues(own_broker, results_node):
-    """Regression: beside classic work queues the ladder was classic, and classic queues dead-letter
-    at-most-once: the ``delayed`` chaos scenario on rabbitmq-confirms lost 211 of 10,000 waiting
-    tasks over three broker kills. RabbitMQ accepts a re-declaration only with the same type and
-    arguments, so kombu's quorum declaration (``x-dead-letter-strategy: at-least-once``) must pass
-    and its classic one must be refused."""
-    import amqp.exceptions
-    from kombu.transport.native_delayed_delivery import declare_native_delayed_delivery_exchanges_and_queues
-
-    settings = settings_for(own_broker, results_node)
-    assert settings.rabbitmq_queue_type == "classic"
-    app = create_celery(settings)
-    try:
-        app.tasks[ADD].apply_async((1, 2), countdown=60)  # the producer declares the ladder
-        with app.connection_for_write() as connection:
-            declare_native_delayed_delivery_exchanges_and_queues(connection, "quorum")
-            with pytest.raises(amqp.exceptions.PreconditionFailed):
-                declare_native_delayed_delivery_exchanges_and_queues(connection, "classic")
-    finally:
-        app.close()

@@ -13,8 +13,8 @@ the same TTL, so the queue's head is always the next to expire: no message waits
 Celery applies it only to quorum queues bound to topic or fanout exchanges, and brokerstack's work
 queues are on direct exchanges (Celery's convention; changing the type of an exchange a deployment
 has already declared is a PRECONDITION_FAILED). So brokerstack routes delayed publishes itself, on
-both queue types, into the same ladder (declared by kombu's own function, as quorum queues whatever
-the work queues' type), and binds each work queue directly to the delivery exchange by its routing key.
+both queue types, into the same ladder (declared by kombu's own function, with the queue type of the
+work queues), and binds each work queue directly to the delivery exchange by its routing key.
 
 Declaring the ladder takes over a hundred broker round trips (seconds for quorum queues on a busy
 broker), so it is done in full where time is no issue: by every worker at start (``DeclareLadder``)
@@ -24,12 +24,13 @@ a reconnect, in case the broker lost everything) and declares in full only if it
 never publishes into a ladder that is not there.
 
 Delays shorter than a second, and publishes whose destination is not a work queue, go the ordinary
-way (the worker holds such a task until it is due). The ladder's queues are quorum queues on every
-setup because they dead-letter at-least-once (a hop is never lost, at worst repeated: the worker's
-ledger counts it); classic queues dead-letter at-most-once, as RabbitMQ documents, and a classic
-ladder lost tasks waiting in it when the broker was killed (the ``delayed`` chaos scenario). A
-ladder an earlier version declared classic is refused on declaration (PRECONDITION_FAILED): the
-worker says so and how to replace it, and delayed publishes keep using it meanwhile.
+way (the worker holds such a task until it is due). Quorum ladder queues dead-letter at-least-once
+(a hop is never lost, at worst repeated: the worker's ledger counts it); classic queues dead-letter
+at-most-once, as RabbitMQ documents, and a broker killed while tasks wait can lose or repeat some
+(the ``delayed`` chaos scenario counts them). A quorum ladder beside classic work queues was tried
+and did worse: after a restart RabbitMQ 4.0 stranded the dead-lettered messages in the ladder
+("Cannot forward any dead-letter messages from source quorum queue", rabbitmq-server#12625) while
+the classic targets recovered; with quorum work queues it lost nothing.
 """
 
 from __future__ import annotations
@@ -60,8 +61,6 @@ logger = logging.getLogger(__name__)
 LADDER_MAX_DELAY = 2**MAX_NUMBER_OF_BITS_TO_USE - 1
 #: The ladder's queues (and exchanges of the same names), shortest TTL first.
 LADDER_QUEUES = tuple(level_name(level) for level in range(MAX_LEVEL + 1))
-#: The ladder's queue type on every setup: quorum queues dead-letter at-least-once (see above).
-LADDER_QUEUE_TYPE = "quorum"
 #: Where a delayed message enters the ladder, and the exchange it leaves it through when due.
 LADDER_ENTRY = level_name(MAX_LEVEL)
 DELIVERY_EXCHANGE = CELERY_DELAYED_DELIVERY_EXCHANGE
@@ -185,21 +184,9 @@ class DeclareLadder(bootsteps.StartStopStep):
     def start(self, c: Any) -> None:
         try:
             declare_ladder(c.app, c.connection)
-        except c.connection.connection_errors + c.connection.channel_errors as exc:
+        except c.connection.connection_errors + c.connection.channel_errors:
             # Producers still check for the ladder before each delayed publish.
-            if "x-queue-type" in str(exc):
-                logger.error(
-                    "the delayed-delivery ladder was declared with another queue type (classic, by an "
-                    "earlier brokerstack): its queues dead-letter at-most-once, so a broker crash can lose "
-                    "delayed tasks. Replace it once it is empty: stop the producers' delayed publishes, wait "
-                    "until %s hold no message, delete them (rabbitmqctl delete_queue <name>) and the "
-                    "exchange %s, then restart a worker: %s",
-                    ", ".join(LADDER_QUEUES[:2]) + ", ...",
-                    LADDER_MARKER,
-                    exc,
-                )
-            else:
-                logger.warning("could not declare the delayed-delivery ladder at start", exc_info=True)
+            logger.warning("could not declare the delayed-delivery ladder at start", exc_info=True)
 
 
 class _DropFalseWarning(logging.Filter):

@@ -10,7 +10,6 @@ from kombu import Exchange, Queue, binding
 from worker.brokers.base import BrokerProfile
 from worker.brokers.rabbitmq.dead_letters import RabbitMQDeadLetterStore
 from worker.brokers.rabbitmq.delayed import (
-    LADDER_QUEUE_TYPE,
     DeclareLadder,
     DelayedDeliveryAMQP,
     delayed_depth,
@@ -88,11 +87,9 @@ class RabbitMQProfile(BrokerProfile):
     def celery_options(self) -> dict[str, Any]:
         return {
             "task_default_queue_type": self.settings.rabbitmq_queue_type,
-            # The ladder is quorum on every setup: quorum queues dead-letter at-least-once, classic
-            # ones at-most-once (a classic ladder lost delayed tasks when the broker was killed).
-            # Celery's own delayed-delivery step (quorum work queues) declares the same ladder, so
-            # both read this one setting: RabbitMQ refuses a second declaration of another type.
-            "broker_native_delayed_delivery_queue_type": LADDER_QUEUE_TYPE,
+            # Celery's own delayed-delivery step (quorum queues) declares the same ladder as
+            # brokerstack does: with the same queue type, or RabbitMQ refuses the second declaration.
+            "broker_native_delayed_delivery_queue_type": self.settings.rabbitmq_queue_type,
             # RabbitMQ requeues every unacked delivery when the channel closes, so a task still
             # running after the connection dropped will be delivered again anyway; letting it
             # finish would only run it twice.
