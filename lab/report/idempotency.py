@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.harness.setups import SETUPS
+from lab.harness.vendors import broker_rank
 
 DASH = "—"  # as in lab.report.render
 CHAOS_COMMAND = "brokerstack chaos run --scenario <scenario> --setup <setup> --tasks 5000 --kills 3 --driver docker"
@@ -180,7 +181,9 @@ def idempotency_section(report: Any) -> str:
             f"without a row have no record with guarded tasks yet (`{CHAOS_COMMAND}`).",
         ]
     head += ["", "### What the guarantee costs per task", ""]
-    records = sorted(load_cost_records(report.src.root), key=lambda r: (r.get("broker") != "redis", r.get("broker")))
+    records = sorted(
+        load_cost_records(report.src.root), key=lambda r: (broker_rank(str(r.get("broker"))), str(r.get("broker")))
+    )
     if not records:
         head.append(f"No idempotency-cost records yet: run `{COST_COMMAND}`.")
         return "\n".join(head)

@@ -11,6 +11,8 @@ from typing import Any
 
 from rich.table import Table
 
+from lab.harness.vendors import broker_rank
+
 SCHEMA = "brokerstack.sizing/1"
 REDIS_CONF = Path("deploy/redis/redis.conf")
 DASH = "—"
@@ -53,7 +55,7 @@ def load_sizing(root: Path) -> list[dict[str, Any]]:
         data = json.loads(path.read_text())
         if data.get("schema") == SCHEMA:
             records.append({**data, "source": path.as_posix()})
-    return sorted(records, key=lambda r: (r["broker"] != "redis", r["broker"], r.get("driver", "")))
+    return sorted(records, key=lambda r: (broker_rank(r["broker"]), r["broker"], r.get("driver", "")))
 
 
 def maxmemory_bytes(conf: Path = REDIS_CONF) -> int | None:
@@ -154,8 +156,9 @@ def _median(record: dict[str, Any] | None, item: str) -> float | None:
 
 
 def worked_example(records: list[dict[str, Any]], maxmemory: int | None) -> str:
-    redis = next((r for r in records if r["broker"] == "redis"), None)
-    rabbit = next((r for r in records if r["broker"] == "rabbitmq"), None)
+    # The worked example is the Redis stack's (one Redis for queue, results and dead letters).
+    by_broker = {r["broker"]: r for r in reversed(records)}
+    redis, rabbit = by_broker.get("redis"), by_broker.get("rabbitmq")
     if redis is None or maxmemory is None:
         return "_(needs a Redis record and `maxmemory` in deploy/redis/redis.conf)_"
     per_result, per_task, per_letter = (_median(redis, i) for i in ("result", "queued_task", "dead_letter"))

@@ -168,35 +168,24 @@ def test_one_list_of_brokers() -> None:
 
 #: A branch on a broker's name: a comparison with one, or a membership test / loop over a list of
 #: them. The dict keys and JSON fields named after brokers are not branches.
-LAB_BROKER_NAME_BRANCH = re.compile(
+BROKER_NAME_BRANCH = re.compile(
     r"""[!=]=\s*["'](redis|rabbitmq)["']|["'](redis|rabbitmq)["']\s*[!=]=|\bin\s*[(\[{]\s*["'](redis|rabbitmq)["']"""
 )
-#: Lab modules that still branch on a broker's name, owned by work in progress when the vendors
-#: came in (issue 10): move their broker knowledge into lab/harness/vendors/<broker>/ and delete
-#: the line here. Nothing may be added to this list.
-LAB_BRANCH_EXCEPTIONS = frozenset(
-    {
-        "lab/experiments/bench/records.py",
-        "lab/experiments/chaos/scenarios/power_loss.py",
-        "lab/experiments/delayed_memory.py",
-        "lab/report/idempotency.py",
-        "lab/report/render.py",
-        "lab/report/sizing.py",
-    }
-)
 
 
-def test_no_broker_name_branch_in_the_lab_outside_its_vendors() -> None:
-    """What the lab knows about a broker lives in lab/harness/vendors/<broker>/ (its nodes, how
-    its queues and memory are read, its timings); everything else asks the vendor, so a broker
-    added to the registry brings its lab knowledge in one package."""
-    vendors = ROOT / "lab" / "harness" / "vendors"
+def test_no_broker_name_branch_outside_the_broker_packages_and_the_lab_vendors() -> None:
+    """What the product knows about a broker lives in worker/brokers/<broker>/, what the lab knows
+    in lab/harness/vendors/<broker>/ (its nodes, how its queues and memory are read, its timings);
+    everything else asks the profile or the vendor, so a broker added to the registries brings its
+    knowledge in its own packages."""
+    homes = (ROOT / "worker" / "brokers", ROOT / "lab" / "harness" / "vendors")
     branches = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-        for path in sorted((ROOT / "lab").rglob("*.py"))
-        if vendors not in path.parents and str(path.relative_to(ROOT)) not in LAB_BRANCH_EXCEPTIONS
+        for top in ("lab", "worker", "services")
+        for path in sorted((ROOT / top).rglob("*.py"))
+        if not any(home in path.parents for home in homes)
         for number, line in enumerate(path.read_text().splitlines(), 1)
-        if LAB_BROKER_NAME_BRANCH.search(line)
+        if BROKER_NAME_BRANCH.search(line)
     ]
     assert branches == []
 
@@ -210,8 +199,8 @@ def test_the_branch_check_sees_branches() -> None:
         'if "redis" == kind:',
     ]
     passed = ['make_node("redis", driver)', '{"redis": None}', "vendor_for(setup.broker).transports"]
-    assert all(LAB_BROKER_NAME_BRANCH.search(line) for line in caught)
-    assert not any(LAB_BROKER_NAME_BRANCH.search(line) for line in passed)
+    assert all(BROKER_NAME_BRANCH.search(line) for line in caught)
+    assert not any(BROKER_NAME_BRANCH.search(line) for line in passed)
 
 
 @pytest.mark.parametrize("name", list(PROFILES))

@@ -9,7 +9,9 @@ import pytest
 from lab.experiments.delayed_memory import measure_once, summarize
 from tests.conftest import BROKER_KINDS
 
-pytestmark = pytest.mark.integration
+# Slow: every case starts its own broker and worker (about a minute each on 2 cores); that waiting
+# tasks stay out of the worker is asserted in CI by tests/integration/test_delayed.py.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TASKS = 200
 

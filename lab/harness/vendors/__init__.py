@@ -38,4 +38,10 @@ def vendor_for(broker: str) -> LabVendor:
         raise ValueError(f"unknown broker {broker!r}; one of: {', '.join(VENDORS)}") from None
 
 
-__all__ = ["VENDORS", "LabVendor", "vendor_for"]
+def broker_rank(broker: str) -> int:
+    """Where ``broker`` stands in the registry (unknown names last): the order tables list brokers in."""
+    names = list(VENDORS)
+    return names.index(broker) if broker in names else len(names)
+
+
+__all__ = ["VENDORS", "LabVendor", "broker_rank", "vendor_for"]

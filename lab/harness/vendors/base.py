@@ -68,6 +68,10 @@ class LabVendor(ABC):
     memory_node_options: ClassVar[dict[str, Any]] = {}
     counters_node_options: ClassVar[dict[str, Any]] = {}
 
+    #: Seconds between two power cuts of one node (sizes the power-loss scenarios' automatic rate):
+    #: enough for it to boot again on what survived.
+    power_cut_period: ClassVar[float] = 5.0
+
     # --- nodes ----------------------------------------------------------------------------------
 
     @abstractmethod
@@ -168,6 +172,19 @@ class LabVendor(ABC):
     def priority_variants(self) -> tuple[dict[str, Any], ...]:
         """Settings overrides the priority measurement runs this broker with, one record each."""
         return ({},)
+
+    # --- machine crashes (lab.experiments.chaos.scenarios.power_loss) -------------------------------
+
+    def prepare_for_lazyfs(self, node: BrokerNode) -> None:  # noqa: B027 (most brokers need nothing)
+        """Adjust a node whose data directory is a LazyFS mount, before it starts."""
+
+    def repair_after_power_loss(self, node: BrokerNode, error: str) -> list[str] | None:
+        """Run the broker's own repair tool on a stopped node that would not boot on what survived,
+        if ``error`` (why) says the tool can help: the last lines of its output; None otherwise."""
+        return None
+
+    def after_wipe(self, node: BrokerNode) -> None:  # noqa: B027 (most brokers need nothing)
+        """Recreate what a stopped node needs in its emptied data directory."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

@@ -39,9 +39,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import subprocess
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from lab.experiments.chaos.runner import RunOptions
@@ -54,7 +52,7 @@ from lab.experiments.chaos.scenarios.base import (
     start_stack,
 )
 from lab.harness.nodes import NodeError
-from lab.harness.nodes.lazyfs import RABBITMQ_CONFIG, LazyFSMount, LazyFSUnavailable, unavailable_reason
+from lab.harness.nodes.lazyfs import LazyFSMount, LazyFSUnavailable, unavailable_reason
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +80,8 @@ WRITEBACK_S = 35.0
 CLUSTER_FAULT_PERIOD = 80.0
 #: How long a node may take to boot again on what survived (RabbitMQ replays its logs).
 RESTART_TIMEOUT = 180.0
-#: In Redis' log when it refuses its AOF (it names the tool to repair it).
-AOF_REFUSED = "redis-check-aof"
 #: A broker log line's timestamp, level and Erlang pid (left out of the notes).
 _LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:.+]+\s+(\[\w+\]\s+)?(<[\d.]+>\s+)?")
-#: Lines of redis-check-aof's output kept in the record.
-AOF_REPAIR_LINES = 12
 
 
 class PowerLoss(Scenario):
@@ -100,7 +94,7 @@ class PowerLoss(Scenario):
     victims: ClassVar[str] = "one"
 
     def fault_period(self, setup: Setup, options: RunOptions) -> float:
-        return 5.0 if setup.broker == "redis" else 15.0
+        return setup.vendor.power_cut_period
 
     def run(self, ctx: ChaosRun) -> None:
         reason = unavailable_reason()
@@ -112,9 +106,7 @@ class PowerLoss(Scenario):
             mount = LazyFSMount(name=f"lazyfs-{node.name}").start()
             mounts[node.name] = mount
             node.data_mount = mount.path
-            if node.kind == "rabbitmq":
-                extra = "\n".join(part for part in (node.options.extra_config.strip(), RABBITMQ_CONFIG) if part)
-                node.options = replace(node.options, extra_config=extra)
+            node.vendor.prepare_for_lazyfs(node)
             return mount
 
         ctx.stack.prepare_node = on_lazyfs
@@ -196,11 +188,10 @@ class PowerLoss(Scenario):
         except NodeError as exc:
             error = str(exc)
         node.kill()
-        # Redis' own words when it will not load an AOF: "Bad file format reading the append
-        # only file ... use ./redis-check-aof --fix".
-        if node.kind == "redis" and AOF_REFUSED in error and not fault.get("aof_repair"):
-            ctx.note(f"power cut {fault['n']}: Redis would not load its AOF; running redis-check-aof --fix")
-            fault["aof_repair"] = repair_aof(node).splitlines()[-AOF_REPAIR_LINES:]
+        repaired = None if fault.get("aof_repair") else node.vendor.repair_after_power_loss(node, error)
+        if repaired is not None:
+            ctx.note(f"power cut {fault['n']}: the broker would not load what survived; ran its repair tool")
+            fault["aof_repair"] = repaired
             node.start()
             self._wait_booted(ctx, node, fault)
             return
@@ -258,40 +249,7 @@ def wipe_data(node: Any) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
-    if node.kind == "rabbitmq" and node.driver == "process":
-        # The process node keeps its Mnesia base there (lab.harness.nodes.process).
-        (mount / "mnesia").mkdir(mode=0o777)
-        (mount / "mnesia").chmod(0o777)
-
-
-def repair_aof(node: Any) -> str:
-    """``redis-check-aof --fix`` on a stopped Redis node's AOF (answering its prompt with yes), on
-    the host for a process node, in a throw-away container of the node's image for a docker one."""
-    script = (
-        "cd /data/appendonlydir 2>/dev/null || cd /data; m=$(ls *.manifest 2>/dev/null | head -1); "
-        'echo y | redis-check-aof --fix "${m:-appendonly.aof}" 2>&1'
-    )
-    assert node.data_mount is not None
-    if node.driver == "process":
-        data = node.data_dir
-        done = subprocess.run(
-            ["sh", "-c", script.replace("/data", str(data))], capture_output=True, text=True, timeout=120
-        )
-        return done.stdout + done.stderr
-    from lab.harness.nodes.docker import REDIS_CONTAINER_DATA_DIR, docker_client
-
-    client = docker_client()
-    try:
-        out = client.containers.run(
-            node.image,
-            ["sh", "-c", script],
-            volumes={str(node.data_mount): {"bind": REDIS_CONTAINER_DATA_DIR, "mode": "rw"}},
-            remove=True,
-            user="root",
-        )
-        return out.decode(errors="replace") if isinstance(out, bytes) else str(out)
-    finally:
-        client.close()
+    node.vendor.after_wipe(node)
 
 
 class PowerLossNode(PowerLoss):

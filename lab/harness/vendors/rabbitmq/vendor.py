@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from lab.harness.nodes.base import BrokerNode, DriverName, RabbitOptions
+from lab.harness.nodes.lazyfs import RABBITMQ_CONFIG
 from lab.harness.vendors.base import MEMORY_SETTLE_TIMEOUT, LabVendor
 from lab.harness.vendors.rabbitmq.nodes import (
     DockerRabbitNode,
@@ -125,6 +127,8 @@ class RabbitMQVendor(LabVendor):
     process_names = ("beam.smp",)
     server_binary = "rabbitmq-server"
     recovery_seconds = 12.0
+    #: A node replays its logs before it serves again.
+    power_cut_period = 15.0
     #: A killed worker's channel closes and its unacked messages are requeued at once.
     requeue_seconds = 1.0
     ignored_run_parameters: ClassVar[tuple[str, ...]] = (
@@ -185,6 +189,18 @@ class RabbitMQVendor(LabVendor):
 
     def priority_variants(self) -> tuple[dict[str, Any], ...]:
         return ({"rabbitmq_queue_type": "classic"}, {"rabbitmq_queue_type": "quorum"})
+
+    def prepare_for_lazyfs(self, node: Any) -> None:
+        options = node.options
+        extra = "\n".join(part for part in (options.extra_config.strip(), RABBITMQ_CONFIG) if part)
+        node.options = replace(options, extra_config=extra)
+
+    def after_wipe(self, node: Any) -> None:
+        if node.driver == "process":
+            # The process node keeps its Mnesia base in its data directory (vendors/rabbitmq/nodes.py).
+            mnesia = Path(node.data_mount) / "mnesia"
+            mnesia.mkdir(mode=0o777)
+            mnesia.chmod(0o777)
 
 
 VENDOR = RabbitMQVendor()

@@ -4,6 +4,7 @@ memory and command counters are read, and how soon it hands a dead worker's task
 from __future__ import annotations
 
 import io
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -112,6 +113,13 @@ def append_only_files(node: Any) -> bytes:
     return b"".join(parts)
 
 
+#: In Redis' log when it refuses its AOF after a crash ("Bad file format reading the append only
+#: file ... use ./redis-check-aof --fix").
+AOF_REFUSED = "redis-check-aof"
+#: Lines of redis-check-aof's output kept in a chaos record.
+AOF_REPAIR_LINES = 12
+
+
 class RedisVendor(LabVendor):
     name = "redis"
     options_field = "redis"
@@ -198,6 +206,43 @@ class RedisVendor(LabVendor):
 
     def queue_label(self, settings: Any) -> str:
         return "redis-lists"
+
+    def repair_after_power_loss(self, node: BrokerNode, error: str) -> list[str] | None:
+        if AOF_REFUSED not in error:
+            return None
+        return repair_aof(node).splitlines()[-AOF_REPAIR_LINES:]
+
+
+def repair_aof(node: Any) -> str:
+    """``redis-check-aof --fix`` on a stopped Redis node's AOF (answering its prompt with yes), on
+    the host for a process node, in a throw-away container of the node's image for a docker one."""
+    script = (
+        f"cd {REDIS_CONTAINER_DATA_DIR}/appendonlydir 2>/dev/null || cd {REDIS_CONTAINER_DATA_DIR}; "
+        "m=$(ls *.manifest 2>/dev/null | head -1); "
+        'echo y | redis-check-aof --fix "${m:-appendonly.aof}" 2>&1'
+    )
+    mount = getattr(node, "data_mount", None)
+    assert mount is not None
+    if node.driver == "process":
+        data = str(node.data_dir)
+        done = subprocess.run(
+            ["sh", "-c", script.replace(REDIS_CONTAINER_DATA_DIR, data)], capture_output=True, text=True, timeout=120
+        )
+        return done.stdout + done.stderr
+    from lab.harness.nodes.docker import docker_client
+
+    client = docker_client()
+    try:
+        out = client.containers.run(
+            node.image,
+            ["sh", "-c", script],
+            volumes={str(mount): {"bind": REDIS_CONTAINER_DATA_DIR, "mode": "rw"}},
+            remove=True,
+            user="root",
+        )
+        return out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+    finally:
+        client.close()
 
 
 VENDOR = RedisVendor()
