@@ -210,6 +210,8 @@ def test_the_setups_and_scenarios_are_the_ones_the_issue_names():
         "power-loss",
         "power-loss-node",
         "power-loss-all",
+        # issue 14: delayed tasks
+        "delayed",
     }
     pairs = applicable_pairs()
     assert [p for p in pairs if p[0] == "node-loss"] == [("node-loss", "rabbitmq-quorum")]
