@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, get_args
 from urllib.parse import quote
 
 from worker.settings import BrokerProfileName
@@ -189,7 +189,33 @@ def poll(
         time.sleep(interval)
 
 
-class BrokerNode(ABC):
+class StartedInContext:
+    """``with`` starts it and closes it on the way out; a start that fails part-way closes what
+    it had started before the error goes on (a half-started node or group leaves nothing behind)."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _enter(self) -> None:
+        """What ``with`` does before the body runs."""
+        self.start()
+
+    def __enter__(self) -> Self:
+        try:
+            self._enter()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class BrokerNode(StartedInContext, ABC):
     """One broker the lab controls.  See lab/harness/nodes/__init__.py for the contract."""
 
     kind: BrokerKind
@@ -332,17 +358,9 @@ class BrokerNode(ABC):
             text += f"--- first error lines of {self.name} ---\n" + "\n".join(errors) + "\n"
         return text + f"--- last {len(tail)} log lines of {self.name} ---\n" + "\n".join(tail)
 
-    def __enter__(self) -> BrokerNode:
-        try:
-            self.start()
-            self.wait_ready()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def _enter(self) -> None:
+        self.start()
+        self.wait_ready()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} port={self.port}>"

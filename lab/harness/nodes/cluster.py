@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import DEFAULT_READY_TIMEOUT, NodeError, RabbitOptions, poll, random_suffix, track, untrack
+from .base import DEFAULT_READY_TIMEOUT, NodeError, RabbitOptions, StartedInContext, poll, random_suffix, track, untrack
 from .factory import DriverChoice, resolve_driver
 
 #: Deadline for all members to show up in cluster_status after they are ready.
@@ -43,7 +43,7 @@ CLIENT_NETWORK = "bridge"
 FORGET_TIMEOUT = 120.0
 
 
-class RabbitCluster:
+class RabbitCluster(StartedInContext):
     """size RabbitMQ nodes forming one cluster.
 
     Each node supports kill()/start()/restart()/wait_ready() like a lone node;
@@ -247,17 +247,6 @@ class RabbitCluster:
                 shutil.rmtree(self._dir, ignore_errors=True)
         if errors:
             raise NodeError(f"cluster {self.name}: {len(errors)} node(s) failed to close: {errors}")
-
-    def __enter__(self) -> RabbitCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<RabbitCluster {self.name} {self.driver} x{self.size}>"

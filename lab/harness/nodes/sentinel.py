@@ -40,6 +40,7 @@ from .base import (
     DriverName,
     NodeError,
     RedisOptions,
+    StartedInContext,
     poll,
     random_suffix,
     track,
@@ -239,7 +240,7 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-class SentinelGroup:
+class SentinelGroup(StartedInContext):
     """``size`` Redis data nodes (one primary, the rest its replicas) and ``sentinels`` Sentinels."""
 
     def __init__(
@@ -478,17 +479,6 @@ class SentinelGroup:
                 errors.append(exc)
         if errors:
             raise NodeError(f"sentinel group {self.name}: {len(errors)} member(s) failed to close: {errors}")
-
-    def __enter__(self) -> SentinelGroup:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<SentinelGroup {self.name} {self.driver} {self.size}+{len(self.sentinels)}>"

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lab.harness.nodes.base import LOOPBACK, NodeError, RedisOptions, random_suffix, redis_url
+from lab.harness.nodes.base import LOOPBACK, NodeError, RedisOptions, StartedInContext, random_suffix, redis_url
 from lab.harness.nodes.config import (
     REDIS_CONTAINER_PORT,
     REDIS_CONTAINER_TLS_DIR,
@@ -227,7 +227,7 @@ class ProcessSentinelNode(ProcessRedisNode):
             client.close()
 
 
-class ProcessSentinelGroup:
+class ProcessSentinelGroup(StartedInContext):
     """One Redis primary and ``sentinels`` Sentinels watching it, each on a free port.
 
     ``url`` is kombu's and Celery's form: ``sentinel://127.0.0.1:P1;sentinel://127.0.0.1:P2``;
@@ -266,14 +266,3 @@ class ProcessSentinelGroup:
     def close(self) -> None:
         for node in [*self.sentinels, self.primary]:
             node.close()
-
-    def __enter__(self) -> ProcessSentinelGroup:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
