@@ -17,7 +17,6 @@ lab.report.idempotency renders them.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,9 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from lab.experiments.bench.runner import declare_topology
-from lab.experiments.task_cost import DRAIN_TIMEOUT, Counters, _flush, _log_span, _spread, redis_round_trip_ms
-from lab.harness.nodes import BrokerNode, proctree
-from lab.harness.processes import CeleryWorker
+from lab.experiments.task_cost import (
+    Counters,
+    _flush,
+    _spread,
+    drain_with_one_worker,
+    redis_round_trip_ms,
+    succeeded_lines,
+)
+from lab.harness.nodes import BrokerNode
 from lab.harness.results import client_versions, machine, write_record
 from worker.celery_app import create_celery
 from worker.settings import Settings
@@ -60,10 +65,6 @@ class Repetition:
     broker_ops: dict[str, float] = field(default_factory=dict)
 
 
-def _succeeded(task: str) -> re.Pattern[str]:
-    return re.compile(rf"Task {re.escape(task)}\[[^]]+\] succeeded in")
-
-
 def measure_once(
     settings: Settings, broker: BrokerNode, config: str, tasks: int, log_dir: Path, tick: Callable[[str], None]
 ) -> Repetition:
@@ -72,7 +73,7 @@ def measure_once(
     name = CONFIGS[config]
     app = create_celery(settings, producer_only=True)
     counters = Counters(broker, settings.result_backend)
-    succeeded = _succeeded(name)
+    succeeded = succeeded_lines(name)
     try:
         declare_topology(app)
         app.control.purge()
@@ -85,27 +86,16 @@ def measure_once(
         # RabbitMQ's counters arrive late: the drain counts from once every publish is in them.
         published = counters.read(publish=before[0].get("publish", 0) + tasks)
 
-        def drained(worker: CeleryWorker) -> bool:
-            done = len(succeeded.findall(worker.logs()))
-            tick(f"{broker.kind} {config}: drained {done}/{tasks}")
-            return done >= tasks
-
-        with CeleryWorker(settings.to_env(), queues=["default"], pool="solo", log_dir=log_dir) as worker:
-            worker.wait_ready()
-            assert worker.pid is not None
-            cpu_ready = proctree.tree_usage(worker.pid)["cpu_seconds"]
-            done_at_ready = len(succeeded.findall(worker.logs()))
-            worker.wait_until(lambda: drained(worker), DRAIN_TIMEOUT, f"{tasks} {name} to succeed")
-            cpu_end = proctree.tree_usage(worker.pid)["cpu_seconds"]
-            side = counters.side(published, counters.read(ack=published[0].get("ack", 0) + tasks), tasks)
-            span = _log_span(worker.logs())
+        side, span = drain_with_one_worker(
+            settings, counters, published, tasks, log_dir, succeeded, tick, label=f"{broker.kind} {config}: "
+        )
     finally:
         app.close()
     _flush(settings.result_backend)
     return Repetition(
         config=config,
         drain_per_s=round((tasks - 1) / span, 1) if span else None,
-        cpu_ms=round((cpu_end - cpu_ready) * 1000 / max(tasks - done_at_ready, 1), 4),
+        cpu_ms=side.cpu_ms,
         backend_ops=side.backend_ops,
         broker_ops=side.broker_ops,
     )

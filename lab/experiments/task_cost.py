@@ -145,18 +145,7 @@ def measure_once(
         published = counters.read(publish=before[0].get("publish", 0) + tasks)
         producer = counters.side(before, published, tasks)
         producer.wall_ms = round(publish_s * 1000 / tasks, 4)
-        # The worker's count starts before it does: its start-up commands are in it, spread over
-        # the backlog (a few hundredths per task), rather than its first tasks left out.
-        with CeleryWorker(settings.to_env(), queues=["default"], pool="solo", log_dir=log_dir) as worker:
-            worker.wait_ready()
-            assert worker.pid is not None
-            cpu_ready = proctree.tree_usage(worker.pid)["cpu_seconds"]
-            done_at_ready = len(SUCCEEDED.findall(worker.logs()))
-            worker.wait_until(lambda: _succeeded(worker, tasks, tick), DRAIN_TIMEOUT, f"{tasks} tasks to succeed")
-            cpu_end = proctree.tree_usage(worker.pid)["cpu_seconds"]
-            worker_side = counters.side(published, counters.read(ack=published[0].get("ack", 0) + tasks), tasks)
-            span = _log_span(worker.logs())
-        worker_side.cpu_ms = round((cpu_end - cpu_ready) * 1000 / max(tasks - done_at_ready, 1), 4)
+        worker_side, span = drain_with_one_worker(settings, counters, published, tasks, log_dir, SUCCEEDED, tick)
         worker_side.wall_ms = round(span * 1000 / max(tasks - 1, 1), 4) if span is not None else None
     finally:
         app.close()
@@ -164,7 +153,47 @@ def measure_once(
     return Repetition(config=config, producer=producer, worker=worker_side)
 
 
-SUCCEEDED = re.compile(r"Task worker\.tasks\.tools\.noop\[[^]]+\] succeeded in")
+def succeeded_lines(task: str) -> re.Pattern[str]:
+    """The worker's log line for one success of ``task`` (written after its result is stored)."""
+    return re.compile(rf"Task {re.escape(task)}\[[^]]+\] succeeded in")
+
+
+SUCCEEDED = succeeded_lines("worker.tasks.tools.noop")
+
+
+def drain_with_one_worker(
+    settings: Settings,
+    counters: Counters,
+    published: Any,
+    tasks: int,
+    log_dir: Path,
+    succeeded: re.Pattern[str],
+    tick: Callable[[str], None],
+    label: str = "",
+) -> tuple[Side, float | None]:
+    """Drain the published backlog with one solo worker, its end read from the worker's log (one
+    ``succeeded`` line per task), so that nothing but the product talks to the servers meanwhile.
+    The worker side's operations and CPU per task, and the seconds from its first task received to
+    its last succeeded (_log_span)."""
+    # The worker's count starts before it does: its start-up commands are in it, spread over the
+    # backlog (a few hundredths per task), rather than its first tasks left out.
+    with CeleryWorker(settings.to_env(), queues=["default"], pool="solo", log_dir=log_dir) as worker:
+        worker.wait_ready()
+        assert worker.pid is not None
+        cpu_ready = proctree.tree_usage(worker.pid)["cpu_seconds"]
+        done_at_ready = len(succeeded.findall(worker.logs()))
+
+        def drained() -> bool:
+            done = len(succeeded.findall(worker.logs()))
+            tick(f"{label}drained {done}/{tasks}")
+            return done >= tasks
+
+        worker.wait_until(drained, DRAIN_TIMEOUT, f"{label}{tasks} tasks to succeed")
+        cpu_end = proctree.tree_usage(worker.pid)["cpu_seconds"]
+        side = counters.side(published, counters.read(ack=published[0].get("ack", 0) + tasks), tasks)
+        span = _log_span(worker.logs())
+    side.cpu_ms = round((cpu_end - cpu_ready) * 1000 / max(tasks - done_at_ready, 1), 4)
+    return side, span
 
 
 LOG_TIME = re.compile(
@@ -180,12 +209,6 @@ def _log_span(log: str) -> float | None:
     if not received or not succeeded:
         return None
     return (max(succeeded) - min(received)).total_seconds()
-
-
-def _succeeded(worker: CeleryWorker, tasks: int, tick: Callable[[str], None]) -> bool:
-    done = len(SUCCEEDED.findall(worker.logs()))
-    tick(f"drained {done}/{tasks}")
-    return done >= tasks
 
 
 def _flush(url: str) -> None:
