@@ -143,7 +143,8 @@ class Counter:
 
 
 class CeleryLoad(threading.Thread):
-    """Publishes ``total`` tasks through Celery at ``rate`` per second."""
+    """Publishes ``total`` tasks through Celery at ``rate`` per second. With ``countdown`` (index ->
+    seconds) each task is delayed and its attempt carries its due time (publish time + countdown)."""
 
     def __init__(
         self,
@@ -156,8 +157,10 @@ class CeleryLoad(threading.Thread):
         plan: Plan = noop_plan,
         threads: int = 1,
         limit: int | None = None,
+        countdown: Callable[[int], float] | None = None,
     ) -> None:
         super().__init__(name="chaos-celery-load", daemon=True)
+        self.countdown = countdown
         self.settings = settings
         self.ledger = ledger
         self.total = total
@@ -204,9 +207,12 @@ class CeleryLoad(threading.Thread):
                 return
             name, args, kind = self.plan(index)
             task_id = f"{self.id_prefix}-{index:07d}"
-            attempt = self.ledger.invoke(task_id, kind)
+            countdown = None if self.countdown is None else self.countdown(index)
+            # Celery turns the countdown into an ETA a moment after this: the recorded due time is
+            # at most that moment early, never late.
+            attempt = self.ledger.invoke(task_id, kind, due_at=None if countdown is None else time.time() + countdown)
             try:
-                app.tasks[name].apply_async(args, task_id=task_id)  # type: ignore[attr-defined]
+                app.tasks[name].apply_async(args, task_id=task_id, countdown=countdown)  # type: ignore[attr-defined]
             except Exception as exc:  # noqa: BLE001 - any failure: not acknowledged
                 self.ledger.fail(attempt, f"{type(exc).__name__}: {exc}")
                 self.stop_event.wait(FAILURE_BACKOFF)

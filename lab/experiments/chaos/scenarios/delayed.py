@@ -14,12 +14,11 @@ shows it there.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from lab.experiments.chaos.ledger import lateness
-from lab.experiments.chaos.load import FAILURE_BACKOFF, Counter, Pacer
+from lab.experiments.chaos.load import CeleryLoad
 from lab.experiments.chaos.runner import RunOptions
 from lab.experiments.chaos.scenarios.base import (
     NOOP_TASK,
@@ -36,10 +35,8 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from celery import Celery
 
-    from lab.experiments.chaos.ledger import ProducerLedger
     from lab.experiments.chaos.runner import ChaosRun
     from lab.harness.setups import Setup
-    from worker.settings import Settings
 
 #: The shortest countdown (seconds): long enough that every task goes to the broker's delayed store
 #: (RabbitMQ's ladder takes whole seconds; shorter delays are held by the worker).
@@ -59,78 +56,9 @@ FAULT_WINDOW = 0.6
 DEPTH_RETRY_S = 30.0
 
 
-class DelayedLoad(threading.Thread):
-    """Publishes ``total`` no-op tasks, each with the countdown ``countdown(index)`` gives, and
-    writes every attempt into the ledger with its due time (time of the publish + countdown)."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        ledger: ProducerLedger,
-        *,
-        total: int,
-        rate: float,
-        id_prefix: str,
-        countdown: Any,
-        threads: int = 1,
-    ) -> None:
-        super().__init__(name="chaos-delayed-load", daemon=True)
-        self.settings = settings
-        self.ledger = ledger
-        self.total = total
-        self.id_prefix = id_prefix
-        self.countdown = countdown
-        self.threads = threads
-        self.stop_event = threading.Event()
-        self.pacer = Pacer(rate, self.stop_event)
-        self.counter = Counter(total)
-        self.error: BaseException | None = None
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-
-    def run(self) -> None:
-        from worker.celery_app import create_celery
-
-        app = create_celery(self.settings, main="chaos-producer", producer_only=True)
-        self.started_at = time.time()
-        try:
-            helpers = [
-                threading.Thread(target=self._publish, args=(app,), daemon=True) for _ in range(self.threads - 1)
-            ]
-            for helper in helpers:
-                helper.start()
-            self._publish(app)
-            for helper in helpers:
-                helper.join()
-        except BaseException as exc:  # noqa: BLE001 - reported by the runner
-            self.error = exc
-        finally:
-            self.finished_at = time.time()
-            app.close()
-
-    def _publish(self, app: Celery) -> None:
-        while (index := self.counter.take(self.stop_event)) is not None:
-            self.pacer.wait()
-            countdown = self.countdown(index)
-            task_id = f"{self.id_prefix}-{index:07d}"
-            # Celery turns the countdown into an ETA a moment after this: the recorded due time is at
-            # most that moment early, never late.
-            attempt = self.ledger.invoke(task_id, "delayed", due_at=time.time() + countdown)
-            try:
-                app.tasks[NOOP_TASK].apply_async([], task_id=task_id, countdown=countdown)
-            except Exception as exc:  # noqa: BLE001 - any failure: not acknowledged
-                self.ledger.fail(attempt, f"{type(exc).__name__}: {exc}")
-                self.stop_event.wait(FAILURE_BACKOFF)
-            else:
-                self.ledger.ok(attempt)
-
-    @property
-    def done(self) -> bool:
-        return not self.is_alive() and self.started_at is not None
-
-    def stop(self, timeout: float = 30) -> None:
-        self.stop_event.set()
-        self.join(timeout)
+def _delayed_noop(index: int) -> tuple[str, list, str]:
+    """Every task of the run is a plain no-op, recorded under its own kind."""
+    return NOOP_TASK, [], "delayed"
 
 
 class Delayed(Scenario):
@@ -155,12 +83,13 @@ class Delayed(Scenario):
         o = ctx.options
         spread = self.spread(ctx.setup, o)
         draws = [MIN_COUNTDOWN + ctx.rng.uniform(0.0, spread) for _ in range(o.tasks)]
-        load = DelayedLoad(
+        load = CeleryLoad(
             ctx.settings,
             ctx.ledger,
             total=o.tasks,
             rate=ctx.rate,
             id_prefix=f"chaos-{ctx.run_id}",
+            plan=_delayed_noop,
             countdown=draws.__getitem__,
             threads=o.producers,
         )
@@ -287,4 +216,4 @@ class _AppCloser:
             pass
 
 
-__all__ = ["Delayed", "DelayedLoad"]
+__all__ = ["Delayed"]
