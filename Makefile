@@ -65,7 +65,7 @@ measure: venv
 	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario failover --scenario partition --driver docker --seed 1129
 	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario failover --scenario partition --driver docker --seed 1130
 	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario failover --scenario partition --driver docker --seed 1131
-	$(PY) -m lab.experiments.wait_cost --tasks 3000 --repetitions 3 --driver docker
+	$(PY) -m services.cli wait-cost --tasks 3000 --repetitions 3 --driver docker
 	$(PY) -m services.cli chaos run --scenario worker-kill --setup redis-everysec --duration 16m --fault-interval 5 --visibility-timeout 5 --seed 11
 	$(PY) -m services.cli chaos run --scenario worker-kill --setup redis-everysec --duration 16m --fault-interval 5 --visibility-timeout 5 --seed 11 --transport kombu
 	$(PY) -m services.cli bench

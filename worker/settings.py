@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import hmac
 import os
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BrokerProfileName = Literal["redis", "rabbitmq"]
-#: The setting that holds each profile's broker URL (worker.brokers registers the profiles).
-BROKER_URL_SETTINGS: dict[str, str] = {"redis": "redis_url", "rabbitmq": "rabbitmq_url"}
+if TYPE_CHECKING:
+    from worker.brokers.base import BrokerProfile
+
+    #: A BROKER_PROFILE value: a name in ``worker.brokers.PROFILES``. At run time it is the
+    #: ``Literal`` of those names (``typing.get_args`` lists them; see ``__getattr__`` below).
+    BrokerProfileName = str
+
 QueueType = Literal["classic", "quorum"]
 #: Which kombu transport carries Celery's messages on Redis: brokerstack's (worker.brokers.redis)
 #: or kombu's stock one, so every claim about the former is measured against the latter.
@@ -32,13 +36,11 @@ RedisSslCertReqs = Literal["required", "optional", "none"]
 #: process started with ENVIRONMENT=production refuses to run with any of them.
 DEVELOPMENT_SECRETS = frozenset({"brokerstack-dev", "brokerstack-dev-key", "brokerstack-test", "guest"})
 
-#: In the compose stacks users set a password, not a URL: name it in the refusal.
-COMPOSE_PASSWORD_VARIABLES = {"REDIS_URL": "REDIS_PASSWORD", "RABBITMQ_URL": "RABBITMQ_PASSWORD"}
-
+#: Redis holds the results (and dead letters, outbox, ledger) whichever broker carries the tasks,
+#: so its URLs are checked here; each broker checks its own URL (``BrokerProfile.check_url``).
 REDIS_SCHEMES = ("redis", "rediss")
 #: Redis reached through Sentinel: kombu's and Celery's form, several sentinels separated by ';'.
 SENTINEL_SCHEME = "sentinel"
-AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
 
 class ConfigError(ValueError):
@@ -51,7 +53,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
     # --- which broker -------------------------------------------------------------------------
-    broker_profile: BrokerProfileName = "redis"
+    #: A name in worker.brokers.PROFILES; each profile names the field below that holds its URL.
+    broker_profile: str = "redis"
     redis_url: str = "redis://localhost:6379/0"
     rabbitmq_url: str = "amqp://brokerstack:brokerstack-dev@localhost:5672/brokerstack"
     #: Celery results live in Redis on both profiles unless this says otherwise.
@@ -135,29 +138,34 @@ class Settings(BaseSettings):
     broker_pool_limit: int = Field(default=10, ge=1)
     api_max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
-    @field_validator("redis_url")
+    @field_validator("broker_profile")
     @classmethod
-    def _check_redis_url(cls, value: str) -> str:
-        return _checked_redis_url(value)
+    def _check_broker_profile(cls, value: str) -> str:
+        names = tuple(_profiles())
+        if value not in names:
+            raise ValueError(f"{value!r} is not one of {_one_of(names)}")
+        return value
 
-    @field_validator("rabbitmq_url")
+    @field_validator("*")
     @classmethod
-    def _check_rabbitmq_url(cls, value: str) -> str:
-        # kombu's failover form: several URLs separated by ';' (one per cluster node).
-        for part in value.split(";"):
-            _checked_url(part.strip(), AMQP_SCHEMES)
+    def _check_broker_url(cls, value: Any, info: ValidationInfo) -> Any:
+        # Every profile's URL, chosen or not: REDIS_URL also holds the results on any broker, and
+        # a bad URL should stop a deployment before someone switches BROKER_PROFILE to it.
+        for profile in _profiles().values():
+            if profile.url_setting == info.field_name:
+                value = profile.check_url(value)
         return value
 
     @field_validator("result_backend_url")
     @classmethod
     def _check_result_backend_url(cls, value: str | None) -> str | None:
-        return None if not value else _checked_redis_url(value)
+        return None if not value else checked_redis_url(value)
 
     @field_validator("ledger_url")
     @classmethod
     def _check_ledger_url(cls, value: str | None) -> str | None:
         # The ledger is lab instrumentation on a Redis of its own: a plain URL is all it takes.
-        return None if not value else _checked_url(value, REDIS_SCHEMES)
+        return None if not value else checked_url(value, REDIS_SCHEMES)
 
     @field_validator("redis_ssl_ca_certs", "redis_ssl_certfile", "redis_ssl_keyfile")
     @classmethod
@@ -197,11 +205,13 @@ class Settings(BaseSettings):
         """Every development credential in use, at once: an operator fixes them in one go."""
         problems = []
         refused = set()
+        # In the compose stacks users set a password, not a URL: the refusal names it.
+        hints = {profile.url_setting.upper(): profile.password_variable for profile in _profiles().values()}
         for env_name, url in self._broker_urls_in_use():
             password = urlsplit(url).password
             if (password in DEVELOPMENT_SECRETS or urlsplit(url).username == "guest") and env_name not in refused:
                 refused.add(env_name)
-                hint = COMPOSE_PASSWORD_VARIABLES.get(env_name)
+                hint = hints.get(env_name)
                 problems.append(
                     f"ENVIRONMENT=production refuses the development credentials in {env_name}: "
                     f"set {env_name} with your own user and password"
@@ -222,7 +232,7 @@ class Settings(BaseSettings):
     def _broker_urls_in_use(self) -> list[tuple[str, str]]:
         """(env name, one URL) for every URL in use; ';'-separated lists (RabbitMQ failover,
         several sentinels) count URL by URL, so a development password in any of them is found."""
-        field = BROKER_URL_SETTINGS[self.broker_profile]
+        field = _profiles()[self.broker_profile].url_setting
         urls = [(field.upper(), part) for part in url_parts(getattr(self, field))]
         if self.result_backend_url:
             backend = [("RESULT_BACKEND_URL", part) for part in url_parts(self.result_backend_url)]
@@ -243,7 +253,7 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        return str(getattr(self, BROKER_URL_SETTINGS[self.broker_profile]))
+        return str(getattr(self, _profiles()[self.broker_profile].url_setting))
 
     @property
     def result_backend(self) -> str:
@@ -284,20 +294,22 @@ def redis_scheme(url: str) -> str:
     return urlsplit(url_parts(url)[0]).scheme
 
 
-def _checked_redis_url(value: str) -> str:
+def checked_redis_url(value: str) -> str:
+    """``value`` if it is a Redis URL (plain, TLS, or a ';'-separated list of sentinels)."""
     parts = url_parts(value)
     if not parts:
         raise ValueError("empty URL")
     if urlsplit(parts[0]).scheme == SENTINEL_SCHEME:
         for part in parts:
-            _checked_url(part, (SENTINEL_SCHEME,))
+            checked_url(part, (SENTINEL_SCHEME,))
         return value
     if len(parts) > 1:
         raise ValueError(f"only sentinel:// URLs may be a ';'-separated list (got {value!r})")
-    return _checked_url(value, (*REDIS_SCHEMES, SENTINEL_SCHEME))
+    return checked_url(value, (*REDIS_SCHEMES, SENTINEL_SCHEME))
 
 
-def _checked_url(value: str, schemes: tuple[str, ...]) -> str:
+def checked_url(value: str, schemes: tuple[str, ...]) -> str:
+    """``value`` if it is a well-formed URL with a host and one of ``schemes``, else ValueError."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
@@ -308,6 +320,28 @@ def _checked_url(value: str, schemes: tuple[str, ...]) -> str:
     if not parts.hostname:
         raise ValueError(f"no host in {value!r}")
     return value
+
+
+def _profiles() -> dict[str, type[BrokerProfile]]:
+    """The broker registry. worker.brokers imports this module (a profile is built from a Settings),
+    so the registry is read when settings are validated, never while this module is imported."""
+    from worker.brokers import PROFILES
+
+    return PROFILES
+
+
+def _one_of(names: tuple[str, ...]) -> str:
+    """``'a', 'b' or 'c'``: how pydantic lists a Literal's choices, so messages read the same."""
+    quoted = [repr(name) for name in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def __getattr__(name: str) -> Any:
+    # BrokerProfileName is the Literal of the registered names, built on first use for the same
+    # reason as _profiles(); the lab iterates over it (typing.get_args) and types node kinds by it.
+    if name == "BrokerProfileName":
+        return Literal[tuple(_profiles())]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _same_secret(a: SecretStr, b: SecretStr) -> bool:

@@ -22,7 +22,7 @@ from lab.harness.vendors import VENDORS
 #: What is measured: every broker, once per settings variant its vendor names (RabbitMQ: each
 #: queue type).
 CASES: tuple[tuple[BrokerKind, dict[str, Any]], ...] = tuple(
-    (cast("BrokerKind", name), variant) for name, vendor in VENDORS.items() for variant in vendor.priority_variants()
+    (name, variant) for name, vendor in VENDORS.items() for variant in vendor.priority_variants()
 )
 console = Console(stderr=True)
 

@@ -17,13 +17,12 @@ primary only checks that enough replicas acknowledged within ``min-replicas-max-
 (replicas report every second); ``WAIT`` after each publish would add one. The run also reads
 both settings back from each primary, so the record shows the barrier was on where it should be.
 
-``python -m lab.experiments.wait_cost`` writes ``<results>/wait-cost/<timestamp>.json``;
+``brokerstack wait-cost`` (lab.cli.wait_cost) writes ``<results>/wait-cost/<timestamp>.json``;
 lab.report.failover renders the newest in the *Failover and partitions* section.
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -195,27 +194,3 @@ def measure(
 def write(record: dict[str, Any]) -> Path:
     stamp = record["started_at"].replace("-", "").replace(":", "")
     return write_record(CATEGORY, stamp, record)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.experiments.wait_cost", description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", type=int, default=TASKS)
-    parser.add_argument("--repetitions", type=int, default=REPETITIONS)
-    parser.add_argument("--driver", choices=("docker", "process"), default=None)
-    args = parser.parse_args(argv)
-    record = measure(
-        tasks=args.tasks,
-        repetitions=args.repetitions,
-        driver=args.driver,
-        tick=lambda message: print(message, flush=True),
-    )
-    path = write(record)
-    for name in SETUP_NAMES:
-        row = record["setups"][name]
-        print(name, {key: (row[key]["per_s"], row[key]["per_s_min"], row[key]["per_s_max"]) for key in RATES})
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import httpx
 
@@ -30,6 +32,34 @@ _INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIR
 
 class ProcessError(RuntimeError):
     """A managed process did not start, or did not do what was waited for in time."""
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them to their handlers.
+
+    The lab turns SIGTERM into an exception (lab.harness.interrupts). Raised inside Popen after
+    the fork, it would leave a child that nothing holds and no group kill reaches (it has a
+    session of its own); held until ``_proc`` is set, the run's cleanup stops the child. Only the
+    main thread runs Python signal handlers, so elsewhere there is nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    # A handler not installed from Python (getsignal() is None) could not be put back: leave it.
+    held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not None]
+    previous = {sig: signal.signal(sig, hold) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 class ManagedProcess:
@@ -52,7 +82,7 @@ class ManagedProcess:
             return
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
+        with open(self.log_path, "ab") as log, _signals_deferred():
             self._proc = subprocess.Popen(
                 self.argv,
                 env=self.env,

@@ -81,8 +81,8 @@ class Setup:
     promises_no_loss: frozenset[str]
     #: Why it promises what it promises (shown by ``brokerstack chaos list``).
     guarantee: str
-    redis: RedisOptions | None = None
-    rabbit: RabbitOptions | None = None
+    #: The broker's node options, of its vendor's ``options_type`` (RedisOptions, RabbitOptions).
+    options: Any = None
     #: Settings fields (lower-case env names) that differ from brokerstack's defaults.
     settings: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: Nodes of the cluster the ``node-loss`` scenario runs on (1: no cluster scenarios).
@@ -103,9 +103,9 @@ class Setup:
             raise ValueError(f"setup {self.name}: promises for scenarios it does not run")
         if not self.promises_no_duplicates <= self.promises_no_loss:
             raise ValueError(f"setup {self.name}: promises duplicated == 0 where it does not promise lost == 0")
-        given = {v.options_field for v in VENDORS.values() if getattr(self, v.options_field) is not None}
-        if given != {vendor_for(self.broker).options_field}:
-            raise ValueError(f"setup {self.name}: give exactly the node options of its broker")
+        expected = vendor_for(self.broker).options_type
+        if not isinstance(self.options, expected):
+            raise ValueError(f"setup {self.name}: give the node options of its broker ({expected.__name__})")
         object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
 
     @property
@@ -115,8 +115,8 @@ class Setup:
 
     @property
     def node_options(self) -> Any:
-        """The broker's node options (``redis`` or ``rabbit``, whichever its vendor reads)."""
-        return getattr(self, self.vendor.options_field)
+        """The broker's node options (``options``, what ``make_node(options=...)`` takes)."""
+        return self.options
 
     def applies_to(self, scenario: str) -> bool:
         return scenario in self.scenarios
@@ -154,13 +154,9 @@ class Setup:
             "promises_no_loss": [s for s in SCENARIO_NAMES if s in self.promises_no_loss],
             "promises_no_duplicates": [s for s in SCENARIO_NAMES if s in self.promises_no_duplicates],
             "transports": list(self.vendor.transports),
-            "redis": None
-            if self.redis is None
-            else {
-                "appendonly": self.redis.appendonly,
-                "appendfsync": self.redis.appendfsync if self.redis.appendonly else None,
-                "save_snapshots": self.redis.save_snapshots,
-            },
+            # Every broker's fields in every record (null where they do not apply), as records had.
+            **{key: None for vendor in VENDORS.values() for key in vendor.describe_options(None)},
+            **self.vendor.describe_options(self.options),
             "settings": {key.upper(): value for key, value in self.settings.items()},
             "cluster_size": self.cluster_size,
         }
@@ -177,7 +173,7 @@ SETUPS: dict[str, Setup] = {
             name="redis-volatile",
             broker="redis",
             description="Redis without persistence (no AOF, no RDB snapshots)",
-            redis=RedisOptions(appendonly=False, save_snapshots=False),
+            options=RedisOptions(appendonly=False, save_snapshots=False),
             scenarios=_SINGLE_NODE,
             promises_no_loss=frozenset({"worker-kill", *_WORKER_ONLY}),
             promises_no_duplicates=frozenset(_WORKER_ONLY),
@@ -189,7 +185,7 @@ SETUPS: dict[str, Setup] = {
             name="redis-everysec",
             broker="redis",
             description="Redis, AOF with appendfsync everysec",
-            redis=RedisOptions(appendonly=True, appendfsync="everysec"),
+            options=RedisOptions(appendonly=True, appendfsync="everysec"),
             scenarios=_SINGLE_NODE,
             promises_no_loss=frozenset({"worker-kill", "broker-restart", *ROUTINE}),
             promises_no_duplicates=frozenset(ROUTINE),
@@ -201,7 +197,7 @@ SETUPS: dict[str, Setup] = {
             name="redis-always",
             broker="redis",
             description="Redis, AOF with appendfsync always (fsync before every reply)",
-            redis=RedisOptions(appendonly=True, appendfsync="always"),
+            options=RedisOptions(appendonly=True, appendfsync="always"),
             scenarios=_SINGLE_NODE,
             promises_no_loss=frozenset(_SINGLE_NODE),
             promises_no_duplicates=frozenset(ROUTINE),
@@ -213,7 +209,7 @@ SETUPS: dict[str, Setup] = {
             name="rabbitmq-confirms",
             broker="rabbitmq",
             description="RabbitMQ classic durable queues, persistent messages, publisher confirms",
-            rabbit=RabbitOptions(),
+            options=RabbitOptions(),
             settings=_settings(rabbitmq_queue_type="classic", rabbitmq_confirm_publish=True),
             scenarios=_SINGLE_NODE,
             promises_no_loss=frozenset(_SINGLE_NODE),
@@ -227,7 +223,7 @@ SETUPS: dict[str, Setup] = {
             name="rabbitmq-noconfirm",
             broker="rabbitmq",
             description="the same without publisher confirms (Celery's default)",
-            rabbit=RabbitOptions(),
+            options=RabbitOptions(),
             settings=_settings(rabbitmq_queue_type="classic", rabbitmq_confirm_publish=False),
             scenarios=_SINGLE_NODE,
             promises_no_loss=frozenset({"worker-kill", *_WORKER_ONLY}),
@@ -239,7 +235,7 @@ SETUPS: dict[str, Setup] = {
             name="rabbitmq-quorum",
             broker="rabbitmq",
             description="RabbitMQ quorum queues with publisher confirms (3 nodes for node-loss)",
-            rabbit=RabbitOptions(),
+            options=RabbitOptions(),
             settings=_settings(rabbitmq_queue_type="quorum", rabbitmq_confirm_publish=True),
             scenarios=(*_SINGLE_NODE, "node-loss", *CLUSTER_POWER_LOSS),
             promises_no_loss=frozenset({*_SINGLE_NODE, "node-loss", *CLUSTER_POWER_LOSS}),
@@ -252,7 +248,7 @@ SETUPS: dict[str, Setup] = {
             name="redis-sentinel",
             broker="redis",
             description="Redis primary + 2 replicas + 3 Sentinels (default asynchronous replication, AOF everysec)",
-            redis=RedisOptions(appendonly=True, appendfsync="everysec"),
+            options=RedisOptions(appendonly=True, appendfsync="everysec"),
             scenarios=HA_SCENARIOS,
             promises_no_loss=frozenset(),
             guarantee="none across a failover: a write is acknowledged by the primary alone and replicated "
@@ -264,7 +260,7 @@ SETUPS: dict[str, Setup] = {
             name="redis-sentinel-wait",
             broker="redis",
             description="the same with min-replicas-to-write 1, min-replicas-max-lag 2 on every data node",
-            redis=RedisOptions(appendonly=True, appendfsync="everysec"),
+            options=RedisOptions(appendonly=True, appendfsync="everysec"),
             scenarios=HA_SCENARIOS,
             promises_no_loss=frozenset(),
             guarantee="a bounded window, not a promise: a primary that has heard from no replica for 2 s refuses "
@@ -279,7 +275,7 @@ SETUPS: dict[str, Setup] = {
             name="rabbitmq-quorum-cluster",
             broker="rabbitmq",
             description="3 RabbitMQ nodes, quorum queues, publisher confirms, pause_minority",
-            rabbit=RabbitOptions(extra_config=PAUSE_MINORITY),
+            options=RabbitOptions(extra_config=PAUSE_MINORITY),
             settings=_settings(rabbitmq_queue_type="quorum", rabbitmq_confirm_publish=True),
             scenarios=HA_SCENARIOS,
             promises_no_loss=frozenset(HA_SCENARIOS),
@@ -292,7 +288,7 @@ SETUPS: dict[str, Setup] = {
             name="rabbitmq-classic-cluster",
             broker="rabbitmq",
             description="3 RabbitMQ nodes, classic durable queues (one node holds each), confirms, pause_minority",
-            rabbit=RabbitOptions(extra_config=PAUSE_MINORITY),
+            options=RabbitOptions(extra_config=PAUSE_MINORITY),
             settings=_settings(rabbitmq_queue_type="classic", rabbitmq_confirm_publish=True),
             scenarios=HA_SCENARIOS,
             promises_no_loss=frozenset(),

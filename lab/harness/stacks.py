@@ -198,13 +198,13 @@ class Stack:
         return self.vendor.dead_lettered(self)
 
     def rabbit_queue_depths(self) -> dict[str, int]:
-        vhost = self.setup.rabbit.vhost if self.setup.rabbit else "/"
+        vhost = self.setup.options.vhost
         return queue_depths(self.running_broker_node(), vhost)
 
     def queue_leader(self, queue: str, via: Any = None) -> str | None:
         """Erlang node name of a quorum queue's leader, as a running member (or ``via``) reports it."""
         node = via if via is not None else self.running_broker_node()
-        return queue_leader(node, queue, self.setup.rabbit.vhost if self.setup.rabbit else "/")
+        return queue_leader(node, queue, self.setup.options.vhost)
 
     def persisted_log(self) -> bytes | None:
         """The broker's append-only log (Redis' AOF), None when it keeps none. Read while the

@@ -33,7 +33,7 @@ COUNTS = ("acknowledged", "lost", "duplicated", "recovered")
 #: Where lab.experiments.wait_cost writes (under the results directory), what it writes, how to rerun.
 WAIT_COST_DIR = "wait-cost"
 WAIT_COST_SCHEMA = "brokerstack.wait-cost/1"
-WAIT_COST_COMMAND = "python -m lab.experiments.wait_cost --tasks 3000 --repetitions 3 --driver docker"
+WAIT_COST_COMMAND = "brokerstack wait-cost --tasks 3000 --repetitions 3 --driver docker"
 WAIT_COST_RATES = (("publish", "publish"), ("drain", "drain (1 solo worker)"), ("combined", "publish + drain"))
 
 

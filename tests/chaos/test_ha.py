@@ -129,7 +129,7 @@ def test_min_replicas_to_write_narrows_the_isolated_primarys_window_but_does_not
     with SentinelGroup(
         setup.cluster_size,
         "docker",
-        setup.redis,
+        setup.options,
         min_replicas_to_write=setup.min_replicas_to_write,
         min_replicas_max_lag=setup.min_replicas_max_lag,
     ) as group:

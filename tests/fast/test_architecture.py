@@ -158,12 +158,12 @@ def test_one_list_of_brokers() -> None:
     from lab.harness.nodes import BrokerKind
     from lab.harness.vendors import VENDORS
     from worker.brokers import PROFILES
-    from worker.settings import BROKER_URL_SETTINGS, BrokerProfileName, Settings
+    from worker.settings import BrokerProfileName, Settings
 
     names = get_args(BrokerProfileName)
-    assert tuple(PROFILES) == names == tuple(BROKER_URL_SETTINGS) == get_args(BrokerKind) == tuple(VENDORS)
+    assert tuple(PROFILES) == names == get_args(BrokerKind) == tuple(VENDORS)
     assert all(PROFILES[name].name == name == VENDORS[name].name for name in names)
-    assert {url for url in BROKER_URL_SETTINGS.values()} <= set(Settings.model_fields)
+    assert {profile.url_setting for profile in PROFILES.values()} <= set(Settings.model_fields)
 
 
 #: A branch on a broker's name: a comparison with one, or a membership test / loop over a list of
@@ -216,3 +216,42 @@ def test_every_vendor_builds_its_own_nodes(name: str) -> None:
             assert type(node).__module__ == f"lab.harness.vendors.{name}.nodes"
         finally:
             node.close()
+
+
+def test_a_setup_holds_its_brokers_node_options_in_one_field() -> None:
+    """A new broker adds setups, not a field of Setup: the options are typed by its vendor."""
+    from dataclasses import fields
+
+    from lab.harness.setups import SCENARIO_NAMES, SETUPS, Setup
+    from lab.harness.vendors import VENDORS
+
+    assert not {f.name for f in fields(Setup)} & {*VENDORS, "rabbit"}
+    assert all(isinstance(setup.options, setup.vendor.options_type) for setup in SETUPS.values())
+
+    def made(broker: str, options: object) -> Setup:
+        return Setup(
+            name="x",
+            broker=broker,
+            description="",
+            scenarios=SCENARIO_NAMES[:1],
+            promises_no_loss=frozenset(),
+            guarantee="",
+            options=options,
+        )
+
+    for name, vendor in VENDORS.items():
+        assert made(name, vendor.options_type()).node_options == vendor.options_type()
+        for other in (None, *(v.options_type() for v in VENDORS.values() if v is not vendor)):
+            with pytest.raises(ValueError, match=rf"node options of its broker \({vendor.options_type.__name__}\)"):
+                made(name, other)
+
+
+def test_every_lab_vendor_has_its_bench_hooks_found_by_name() -> None:
+    """The bench keeps no list of brokers: it finds lab/experiments/bench/brokers/<broker>.py."""
+    from lab.experiments.bench.vendors import BENCH_VENDORS
+    from lab.harness.vendors import VENDORS
+
+    assert list(BENCH_VENDORS) == list(VENDORS)
+    for name, vendor in BENCH_VENDORS.items():
+        assert (vendor.name, vendor.lab) == (name, VENDORS[name])
+        assert type(vendor.measure_raw).__module__ == "builtins" or vendor.measure_raw.__module__.endswith(f".{name}")

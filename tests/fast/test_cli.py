@@ -17,7 +17,17 @@ from tests.fast.conftest import MemoryDeadLetterStore, dead_letter, fast_setting
 from worker.dead_letters import DeadLetterStore
 
 OPERATOR_COMMANDS = {"config", "dlq", "fakes"}
-LAB_COMMANDS = {"chaos", "bench", "priority", "report", "sizing", "task-cost", "idempotency-cost", "delayed-memory"}
+LAB_COMMANDS = {
+    "chaos",
+    "bench",
+    "priority",
+    "report",
+    "sizing",
+    "task-cost",
+    "idempotency-cost",
+    "delayed-memory",
+    "wait-cost",
+}
 runner = CliRunner()
 
 

@@ -97,4 +97,4 @@ def test_every_vendor_sets_what_the_interface_asks() -> None:
     for name, vendor in VENDORS.items():
         assert vendor.name == name
         assert vendor.poll_interval > 0 and vendor.recovery_seconds > 0 and vendor.process_names
-        assert hasattr(SETUPS[next(s for s in SETUPS if SETUPS[s].broker == name)], vendor.options_field)
+        assert isinstance(SETUPS[next(s for s in SETUPS if SETUPS[s].broker == name)].options, vendor.options_type)

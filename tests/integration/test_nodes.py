@@ -40,7 +40,7 @@ VHOST = "brokerstack"
 def require(kind: str, driver: str) -> None:
     if driver == "docker" and not docker_available():
         pytest.skip("no Docker engine answers")
-    if driver == "process" and not process_available(kind):  # type: ignore[arg-type]
+    if driver == "process" and not process_available(kind):
         pytest.skip(f"{kind} is not installed on this machine")
 
 

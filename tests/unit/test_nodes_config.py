@@ -237,7 +237,7 @@ def test_make_node_rejects_options_of_the_other_kind() -> None:
     with pytest.raises(ValueError):
         make_node("rabbitmq", "process", redis=RedisOptions())
     with pytest.raises(ValueError):
-        make_node("kafka", "process")  # type: ignore[arg-type]
+        make_node("kafka", "process")
 
 
 def test_unstarted_process_nodes_know_their_address(tmp_path: Path) -> None:

@@ -17,14 +17,24 @@ class BrokerProfile(ABC):
 
     #: The BROKER_PROFILE value that selects this profile.
     name: ClassVar[str]
+    #: The setting (a ``Settings`` field, the environment name lower-cased) that holds the URL.
+    url_setting: ClassVar[str]
+    #: What the compose stacks build that URL from, named when production refuses its password.
+    password_variable: ClassVar[str | None] = None
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    @property
+    @classmethod
     @abstractmethod
+    def check_url(cls, value: str) -> str:
+        """``value`` if this broker's client can connect to it, else ValueError saying why (the
+        settings name the variable); run on every Settings, whichever profile is chosen."""
+
+    @property
     def url(self) -> str:
         """The broker URL Celery connects to."""
+        return str(getattr(self.settings, self.url_setting))
 
     @abstractmethod
     def transport_options(self) -> dict[str, Any]:

@@ -2,20 +2,21 @@
 comparing broker names: how the raw ceiling is measured and which of its measurements is the
 ceiling, how the queue is read, filled and its message captured, what the goals are.
 
-``BENCH_VENDORS`` has one :class:`BenchVendor` per profile of ``worker.brokers.PROFILES`` (a fast
-test checks the two lists agree); what is not bench-specific (the transports a broker has) it asks
-the broker's lab vendor, ``lab.harness.vendors.VENDORS``. A new broker adds its bench vendor here,
-next to its lab vendor in ``lab/harness/vendors/<broker>/``: the bench hooks stay with the bench,
-which is the layer that knows what a raw ceiling is.
+``BENCH_VENDORS`` has one :class:`BenchVendor` per lab vendor (``lab.harness.vendors.VENDORS``,
+itself one per profile of ``worker.brokers.PROFILES``), found by the broker's name in
+:mod:`lab.experiments.bench.brokers` (``brokers/<broker>.py`` defines ``BENCH_VENDOR``); what is
+not bench-specific (the transports a broker has) it asks the lab vendor. A new broker adds its
+module there and no registry line: the bench hooks stay with the bench, which is the layer that
+knows what a raw ceiling is (the harness below it cannot import them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any, Protocol
 
-from lab.experiments.bench import e2e, raw, resources
 from lab.experiments.bench.e2e import Depth
 from lab.experiments.bench.raw import CapturedMessage, Tick
 from lab.harness.vendors import VENDORS, LabVendor
@@ -91,50 +92,44 @@ class BenchVendor:
         return (publish_confirmed if confirms else publish), consume
 
 
-def _redis_raw(url: str, message: CapturedMessage, p: RawParams, _args: dict[str, Any], tick: Tick | None) -> Any:
-    return raw.redis_raw(url, message, p.raw_messages, batch=p.redis_batch, tick=tick)
+class _BenchVendors(Mapping[str, BenchVendor]):
+    """broker name -> its bench vendor, in the order of ``VENDORS``. The modules are imported on
+    first use: they import this one (BenchVendor), and the bench's own modules (e2e, resources)
+    look their hooks up here."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, BenchVendor] | None = None
+
+    def _vendors(self) -> dict[str, BenchVendor]:
+        if self._loaded is None:
+            self._loaded = {name: _load(name) for name in VENDORS}
+        return self._loaded
+
+    def __getitem__(self, name: str) -> BenchVendor:
+        return self._vendors()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._vendors())
+
+    def __len__(self) -> int:
+        return len(self._vendors())
 
 
-def _amqp_raw(url: str, message: CapturedMessage, p: RawParams, args: dict[str, Any], tick: Tick | None) -> Any:
-    return raw.amqp_raw(url, message, p.raw_messages, args, prefetch=p.raw_prefetch, window=p.confirm_window, tick=tick)
+def _load(name: str) -> BenchVendor:
+    module = f"lab.experiments.bench.brokers.{name}"
+    try:
+        vendor = import_module(module).BENCH_VENDOR
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        raise LookupError(f"the bench has no hooks for broker {name!r}: add {module} with BENCH_VENDOR") from None
+    if not isinstance(vendor, BenchVendor) or vendor.name != name:
+        raise TypeError(f"{module}.BENCH_VENDOR must be the BenchVendor of {name!r}, not {vendor!r}")
+    return vendor
 
 
-BENCH_VENDORS: dict[str, BenchVendor] = {
-    "redis": BenchVendor(
-        name="redis",
-        api_confirm_modes=(None,),
-        confirms=False,
-        # No confirms: the reply to LPUSH is the acknowledgement, so both publish keys are the pipelined one.
-        ceiling=("publish_pipelined", "publish_pipelined", "consume_batched"),
-        old_ceiling=("publish", "publish", "consume"),
-        raw_pairs=(("publish_pipelined", "publish"), ("consume_batched", "consume")),
-        goal_e2e_vs_raw_consume=0.5,
-        measure_raw=_redis_raw,
-        queue_depth=e2e.RedisQueueDepth,
-        capture=e2e.capture_redis_message,
-        fill=resources.fill_redis,
-        used_memory=resources.redis_used_memory,
-    ),
-    "rabbitmq": BenchVendor(
-        name="rabbitmq",
-        api_confirm_modes=(True, False),
-        confirms=True,
-        ceiling=("publish", "publish_confirm_pipelined", "consume_batched"),
-        old_ceiling=("publish", "publish_confirm", "consume"),
-        raw_pairs=(
-            ("publish", "publish_confirm"),
-            ("publish", "publish_confirm_pipelined"),
-            ("publish_confirm_pipelined", "publish_confirm"),
-            ("consume_batched", "consume"),
-            ("consume", "consume_prefetch1"),
-        ),
-        goal_e2e_vs_raw_consume=0.6,
-        measure_raw=_amqp_raw,
-        queue_depth=e2e.AmqpQueueDepth,
-        capture=e2e.capture_amqp_message,
-        fill=resources.fill_amqp,
-    ),
-}
+#: broker name -> its bench vendor, one per lab vendor.
+BENCH_VENDORS: Mapping[str, BenchVendor] = _BenchVendors()
 
 
 def bench_vendor(broker: str) -> BenchVendor:

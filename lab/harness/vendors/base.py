@@ -40,7 +40,9 @@ class LabVendor(ABC):
 
     #: The broker profile's name (``worker.brokers.PROFILES``), which is also the node kind.
     name: ClassVar[str]
-    #: The Setup field that holds this broker's node options (``Setup.redis`` / ``Setup.rabbit``).
+    #: The type of this broker's node options (``make_node(options=...)``, ``Setup.options``).
+    options_type: ClassVar[type[Any]]
+    #: The make_node keyword that also takes them (``make_node("redis", redis=RedisOptions())``).
     options_field: ClassVar[str]
     #: Pause between two readiness probes of a starting node.
     poll_interval: ClassVar[float]
@@ -83,6 +85,11 @@ class LabVendor(ABC):
     @abstractmethod
     def process_available(self) -> bool:
         """True if the process driver can run this broker on this machine."""
+
+    def describe_options(self, options: Any) -> dict[str, Any]:
+        """The fields a setup's record gives its node options (lab.harness.setups.Setup.describe);
+        with None, each field this broker adds, empty."""
+        return {}
 
     def make_group(self, setup: Any, driver: DriverName) -> tuple[str, Any]:
         """The multi-node group of a setup with cluster_size > 1, and the Stack attribute that

@@ -15,6 +15,7 @@ from worker.brokers.rabbitmq.delayed import (
     delayed_depth,
     silence_false_warnings,
 )
+from worker.settings import checked_url
 from worker.topology import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
@@ -23,13 +24,21 @@ from worker.topology import (
     dead_letter_routing_key,
 )
 
+#: What kombu speaks AMQP 0-9-1 over (pyamqp names the client library explicitly).
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
 
 class RabbitMQProfile(BrokerProfile):
     name = "rabbitmq"
+    url_setting = "rabbitmq_url"
+    password_variable = "RABBITMQ_PASSWORD"
 
-    @property
-    def url(self) -> str:
-        return self.settings.rabbitmq_url
+    @classmethod
+    def check_url(cls, value: str) -> str:
+        # kombu's failover form: several URLs separated by ';' (one per cluster node).
+        for part in value.split(";"):
+            checked_url(part.strip(), AMQP_SCHEMES)
+        return value
 
     @property
     def quorum(self) -> bool:

@@ -9,7 +9,7 @@ from celery import Celery
 from worker.brokers.base import BrokerProfile
 from worker.brokers.redis.dead_letters import RedisDeadLetterStore
 from worker.brokers.redis.transport import PRIORITY_STEPS, SENTINEL_TRANSPORT_PATH, TRANSPORT_PATH
-from worker.settings import SENTINEL_SCHEME, redis_scheme
+from worker.settings import SENTINEL_SCHEME, checked_redis_url, redis_scheme
 from worker.topology import WORK_QUEUES
 
 #: Seconds the lock that one worker takes to give back expired unacked messages outlives a worker
@@ -26,10 +26,13 @@ MIN_SOCKET_TIMEOUT = 5.0
 
 class RedisProfile(BrokerProfile):
     name = "redis"
+    url_setting = "redis_url"
+    password_variable = "REDIS_PASSWORD"
 
-    @property
-    def url(self) -> str:
-        return self.settings.redis_url
+    @classmethod
+    def check_url(cls, value: str) -> str:
+        # The same form as the result backend's (worker.settings): one Redis, TLS or sentinels.
+        return checked_redis_url(value)
 
     @property
     def scheme(self) -> str:

@@ -121,6 +121,7 @@ def rabbit_counters(node: BrokerNode, at_least: dict[str, int] | None = None) ->
 
 class RabbitMQVendor(LabVendor):
     name = "rabbitmq"
+    options_type = RabbitOptions
     options_field = "rabbit"
     #: Failed AMQP handshakes are not free: probe a booting node less often than Redis.
     poll_interval = 0.2
@@ -158,7 +159,7 @@ class RabbitMQVendor(LabVendor):
         """A RabbitMQ cluster of cluster_size nodes."""
         from lab.harness.nodes.cluster import RabbitCluster
 
-        return "cluster", RabbitCluster(setup.cluster_size, driver, rabbit=setup.rabbit)
+        return "cluster", RabbitCluster(setup.cluster_size, driver, rabbit=setup.options)
 
     def settings_urls(self, broker_url: str, results_url: str | None) -> dict[str, Any]:
         if results_url is None:

@@ -122,6 +122,7 @@ AOF_REPAIR_LINES = 12
 
 class RedisVendor(LabVendor):
     name = "redis"
+    options_type = RedisOptions
     options_field = "redis"
     #: Redis is ready within ~20 ms: probe often.
     poll_interval = 0.02
@@ -153,11 +154,22 @@ class RedisVendor(LabVendor):
         group = SentinelGroup(
             setup.cluster_size,
             driver,
-            setup.redis,
+            setup.options,
             min_replicas_to_write=setup.min_replicas_to_write,
             min_replicas_max_lag=setup.min_replicas_max_lag,
         )
         return "sentinel", group
+
+    def describe_options(self, options: RedisOptions | None) -> dict[str, Any]:
+        if options is None:
+            return {"redis": None}
+        return {
+            "redis": {
+                "appendonly": options.appendonly,
+                "appendfsync": options.appendfsync if options.appendonly else None,
+                "save_snapshots": options.save_snapshots,
+            }
+        }
 
     def settings_urls(self, broker_url: str, results_url: str | None) -> dict[str, Any]:
         urls: dict[str, Any] = {"broker_profile": self.name, "redis_url": broker_url}
@@ -194,7 +206,7 @@ class RedisVendor(LabVendor):
 
     def persisted_log(self, stack: Stack) -> bytes | None:
         setup = stack.setup
-        if setup.redis is None or not setup.redis.appendonly or stack.broker is None:
+        if not setup.options.appendonly or stack.broker is None:
             return None
         return append_only_files(stack.broker)
 
