@@ -61,6 +61,8 @@ measure: venv
 	$(PY) -m services.cli chaos matrix --scenario idle-kill --scenario broker-restart-mid-task --kills 20 --tasks 200 --transport brokerstack --transport kombu --seed 9
 	$(PY) -m services.cli chaos matrix --scenario rolling-deploy --kills 10 --tasks 240 --transport brokerstack --transport kombu --seed 9
 	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario power-loss --scenario power-loss-node --scenario power-loss-all --seed 20261129
+	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario power-loss --seed 20261130
+	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario power-loss --seed 20261131
 	$(PY) -m services.cli chaos matrix --tasks 10000 --kills 3 --scenario delayed --driver docker
 	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario failover --scenario partition --driver docker --seed 1129
 	$(PY) -m services.cli chaos matrix --tasks 5000 --kills 3 --scenario failover --scenario partition --driver docker --seed 1130

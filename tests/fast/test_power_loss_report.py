@@ -115,17 +115,20 @@ def test_the_walkthrough_table_and_the_opinions_cite_the_power_loss_runs_counts(
     assert "redis-always lost 0 of 5,000" in everysec_power_loss(report)
     confirms, quorum = power_loss_opinions(report)
     assert "rabbitmq-noconfirm lost 900 of 5,000" in confirms and "[c1]" in confirms
-    assert "only with publisher confirms" in confirms  # said because the counts show it
+    # Kept here, yet promised nothing: the words follow the counts, the reason is always given.
+    assert "promise nothing even where these runs lost nothing" in confirms
+    assert "not fsynced" in confirms
     assert "Quorum queues fsync on a majority" in quorum and "lost 0 of 5,000" in quorum and "[q1]" in quorum
     # A loss is never worded as kept, and nothing measured means nothing claimed.
     broken = FakeReport(
         [
             _record("rabbitmq-quorum", 3, scenario="power-loss-all", held=False, run="q2"),
             _record("rabbitmq-noconfirm", 0, run="n2"),
-            _record("rabbitmq-confirms", 0, held=True, run="c2"),
+            _record("rabbitmq-confirms", 23, run="c2"),
         ]
     )
     confirms, quorum = power_loss_opinions(broken)
-    assert "only with publisher confirms" not in confirms and "It did lose tasks here" in quorum
+    assert "not on classic queues, confirms or not" in confirms and "lost 23" in confirms
+    assert "It did lose tasks here" in quorum
     assert power_loss_answer(FakeReport([])) == "" and power_loss_opinions(FakeReport([])) == []
     assert "not run yet" in everysec_power_loss(FakeReport([]))

@@ -160,7 +160,9 @@ class LazyFSMount:
             sub.chmod(0o777)
         config = self.dir / "lazyfs.toml"
         config.write_text(render_config(fifo=self.fifo, log=self.log_path, cache_size=self.cache_size))
-        argv = [binary, str(self.path), "--config-path", str(config), "-o", "allow_other"]
+        # Relative to cwd (self.dir): LazyFS ignores a --config-path that contains "-o" in any case
+        # (it takes it for a FUSE option) and aborts on its default, and mkdtemp names can.
+        argv = [binary, str(self.path), "--config-path", config.name, "-o", "allow_other"]
         argv += ["-o", "modules=subdir", "-o", f"subdir={self.root}", "-f"]
         with open(self.dir / "stdout.log", "ab") as out:
             self._popen = subprocess.Popen(
