@@ -173,15 +173,24 @@ def test_remote_control_and_events_work(app, delivery_settings, start_worker):
     with app.connection_for_read() as conn:
         receiver = app.events.Receiver(conn, handlers={"task-succeeded": seen.append})
         with receiver.consumer_context(wakeup=False) as (events_conn, _, _):
-            task_id = app.send_task(NOOP).id
+            # Redis pub/sub keeps nothing for a subscriber that is not listening yet, and kombu
+            # subscribes on the first drain: a task sent before it (a worker faster than this
+            # process, as under load) has its event missed. So send one per round until one is seen.
+            sent: set[str] = set()
             deadline = time.monotonic() + 15
-            while not any(event["uuid"] == task_id for event in seen) and time.monotonic() < deadline:
+            while not any(event["uuid"] in sent for event in seen) and time.monotonic() < deadline:
+                sent.add(app.send_task(NOOP).id)
                 try:
                     events_conn.drain_events(timeout=1)
                 except TimeoutError:
                     continue
-    assert any(event["uuid"] == task_id and event["hostname"] == worker.hostname for event in seen)
-    active = app.control.inspect(destination=[worker.hostname], timeout=5).active()
+    assert any(event["uuid"] in sent and event["hostname"] == worker.hostname for event in seen)
+    # Every task sent has run (none is left active once the worker is idle): inspect answers too.
+    deadline = time.monotonic() + 10
+    while (active := app.control.inspect(destination=[worker.hostname], timeout=5).active()) != {
+        worker.hostname: []
+    } and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert active == {worker.hostname: []}
 
 
