@@ -5,10 +5,15 @@
     brokerstack bench --setup redis-always --setup rabbitmq-confirms --tasks 50000
     brokerstack bench --quick --json --results-dir /tmp/results
     brokerstack bench --setup redis-everysec --transport kombu --pool gevent --repeats 5
+    brokerstack bench --section peers --tasks 3000 --setup redis-everysec   # brokerstack, stock Celery, Dramatiq
 
 On Redis the end-to-end drains run on brokerstack's transport and on kombu's stock one in the same
 run (``--transport both``, the default), alternated across repetitions, and are printed side by side:
 the medians, their ranges, the ratio, and whether the difference is outside the noise.
+
+The peers (``--peers``, the default; ``--no-peers`` leaves them out) drain the same backlog with
+brokerstack's defaults, stock Celery with the same settings, Dramatiq with its own defaults and
+brokerstack fire-and-forget, alternated, and judge the issue's goals against the noise.
 
 Each setup gets its own broker node and auxiliary Redis (containers, or local broker processes
 with BROKERSTACK_TEST_DRIVER=process), started and stopped by the run; one JSON record per setup is
@@ -58,6 +63,15 @@ def bench(
     repeats: int = typer.Option(
         None, "--repeats", "-r", min=1, help="drains per pool, configuration and transport (default: 3, --quick 2)"
     ),
+    peers: bool = typer.Option(
+        True, "--peers/--no-peers", help="measure stock Celery and Dramatiq beside brokerstack (the peers section)"
+    ),
+    sections: list[str] = typer.Option(
+        None, "--section", help="a section to measure (repeatable): raw, end_to_end, api, resources, peers"
+    ),
+    peers_pool: str = typer.Option(
+        None, "--peers-pool", help="the pool brokerstack and stock Celery drain with beside Dramatiq (default prefork)"
+    ),
 ) -> None:
     """Measure every broker setup: raw client ceiling, end to end per worker pool, the API under load,
     broker resources. Exits 1 if a setup could not be measured completely."""
@@ -74,13 +88,26 @@ def bench(
     if tasks is not None:
         params = params.with_tasks(tasks)
     try:
+        chosen_sections = _sections(sections, peers=peers)
         params = params.with_options(
-            transports=_transports(transport), pools=tuple(pools) if pools else None, repeats=repeats
+            transports=_transports(transport),
+            pools=tuple(pools) if pools else None,
+            repeats=repeats,
+            sections=chosen_sections,
+            peers_pool=peers_pool,
         )
     except ValueError as exc:
         raise SystemExit(f"brokerstack: {exc}") from None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    published = not quick and tasks is None and not pools and repeats is None and transport == "both"
+    published = (
+        not quick
+        and tasks is None
+        and not pools
+        and repeats is None
+        and transport == "both"
+        and chosen_sections is None
+        and peers_pool is None
+    )
     results_dir = default_results_dir(results_dir, published=published)
 
     records: list[dict[str, Any]] = []
@@ -125,9 +152,12 @@ def bench(
         out = Console()
         if not out.is_terminal:
             out = Console(width=220)
-        out.print(summary_table(records))
+        if any(r.get("raw") or r.get("end_to_end") for r in records):
+            out.print(summary_table(records))
         if any((r.get("end_to_end") or {}).get("comparison") for r in records):
             out.print(transport_table(records))
+        if any(r.get("peers") for r in records):
+            out.print(peers_table(records))
         for line in raw_verdict_lines(records):
             out.print(line)
         for record in records:
@@ -137,6 +167,47 @@ def bench(
         for line in failed:
             console.print(f"[red]brokerstack bench: {line}")
         raise typer.Exit(1)
+
+
+def _sections(chosen: list[str] | None, *, peers: bool) -> tuple[str, ...] | None:
+    """The sections to run (None: every one), without the peers when ``--no-peers``."""
+    from lab.experiments.bench import SECTIONS
+
+    if not chosen and peers:
+        return None
+    picked = tuple(chosen) if chosen else SECTIONS
+    unknown = sorted(set(picked) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"brokerstack: unknown --section {', '.join(unknown)}; one of {', '.join(SECTIONS)}")
+    return tuple(s for s in SECTIONS if s in picked and (peers or s != "peers")) or None
+
+
+def peers_table(records: list[dict[str, Any]]) -> Table:
+    """Per setup: brokerstack's defaults and fire-and-forget beside stock Celery and Dramatiq, with
+    the issue's goals and their verdicts (overlapping ranges = no difference)."""
+    from lab.experiments.bench.peers import GOALS
+
+    table = Table(title=escape("peers: drain of one worker (tasks/s, median [range]); goals judged against the noise"))
+    for column in ("setup", "system", "drain", "enqueue", "goal", "ratio", "verdict"):
+        table.add_column(column, justify="left" if column in ("setup", "system", "goal", "verdict") else "right")
+    for r in records:
+        section = r.get("peers") or {}
+        systems = section.get("systems") or {}
+        goals = section.get("goals") or {}
+        for key, system in systems.items():
+            judged = [(name, goals.get(name) or {}) for name, ours, _, _ in GOALS if ours == key]
+            judged = judged or [("", {})]
+            for name, goal in judged:
+                table.add_row(
+                    r["setup"],
+                    key,
+                    _spread_cell(system.get("consume") or {}),
+                    _fmt((system.get("enqueue") or {}).get("per_s")),
+                    f"{name} >= {goal.get('goal')}" if name else "",
+                    _fmt(goal.get("ratio"), 2),
+                    goal.get("verdict") or "",
+                )
+    return table
 
 
 def _transports(choice: str) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from lab.report import charts
 from lab.report.delayed import delayed_section
 from lab.report.failover import failover_section
 from lab.report.idempotency import idempotency_section
+from lab.report.peers import peers_table
 from lab.report.power_loss import (
     everysec_power_loss,
     power_loss_answer,
@@ -629,9 +630,11 @@ class Report:
         ]
         throughput_png = self._chart(charts.throughput_chart, self.src.bench, "throughput.png")
         latency_png = self._chart(charts.latency_chart, self.src.bench, "latency.png")
+        peers = peers_table(self.src)
         text = [
             "## Speed",
             "",
+            *([peers, ""] if peers else []),
             "### Throughput against the raw client ceiling",
             "",
             self._ceiling_text() + " "

@@ -50,6 +50,8 @@ class Sources:
     root: Path
     chaos: list[dict[str, Any]] = field(default_factory=list)
     bench: list[BenchRecord] = field(default_factory=list)
+    #: Per setup and driver, the bench record whose peers section the speed section leads with.
+    bench_peers: list[BenchRecord] = field(default_factory=list)
     priority: list[dict[str, Any]] = field(default_factory=list)
     cited: dict[str, Source] = field(default_factory=dict)
     #: Chaos records left out for being below the published size (one line each, for a warning).
@@ -71,6 +73,12 @@ class Sources:
             self._labels[id(bench)] = label
             assert bench.source is not None
             self.cited[label] = Source(label, bench.source, _describe_bench(bench))
+        for bench in self.bench_peers:
+            if id(bench) not in self._labels:
+                label = f"B{len(self._labels) + 1}"
+                self._labels[id(bench)] = label
+                assert bench.source is not None
+                self.cited[label] = Source(label, bench.source, _describe_bench(bench))
         self._label_dicts("P", self.priority, _describe_priority)
 
     def _label_dicts(self, prefix: str, records: list[dict[str, Any]], describe: Any) -> None:
@@ -82,7 +90,7 @@ class Sources:
 def load_sources(root: Path, *, min_chaos_tasks: int = 0) -> Sources:
     sources = Sources(root=root)
     sources.chaos = load_chaos_records(root, latest_only=True, keep=_published(min_chaos_tasks, sources.unpublished))
-    sources.bench = _latest_bench(root)
+    sources.bench, sources.bench_peers = _latest_bench(root)
     sources.priority = _json_records(root / "priority", (PRIORITY_SCHEMA,))
     sources.label_all()
     return sources
@@ -125,20 +133,33 @@ def _json_records(directory: Path, schemas: tuple[str, ...]) -> list[dict[str, A
     return records
 
 
-def _latest_bench(root: Path) -> list[BenchRecord]:
+def _latest_bench(root: Path) -> tuple[list[BenchRecord], list[BenchRecord]]:
     """One completed bench record per setup and driver, read as the current schema: a full run
-    before a quick one, then one that compared both Redis transports, then the newest."""
+    before a quick one, then one that compared both Redis transports, then the newest; and, apart,
+    the one whose peers the speed section leads with (a full run first, then the newest). A run
+    of the peers alone (``--section peers``) is only ever the second."""
     best: dict[tuple[str, str], BenchRecord] = {}
+    peers: dict[tuple[str, str], BenchRecord] = {}
     for raw in _json_records(root / "bench", BENCH_SCHEMAS):
         if raw.get("status") != "completed":
             continue
         path = raw.pop("_path")
         record = read_record(raw, path)
         key = (record.setup, record.driver or "")
+        if record.peers is not None and record.peers.systems:
+            rival = peers.get(key)
+            if rival is None or _peers_rank(record) > _peers_rank(rival):
+                peers[key] = record
+        if record.end_to_end is None:
+            continue
         current = best.get(key)
         if current is None or _bench_rank(record) > _bench_rank(current):
             best[key] = record
-    return [best[key] for key in sorted(best)]
+    return [best[key] for key in sorted(best)], [peers[key] for key in sorted(peers)]
+
+
+def _peers_rank(record: BenchRecord) -> tuple[bool, str]:
+    return (record.mode == "full", record.started_at or "")
 
 
 def _bench_rank(record: BenchRecord) -> tuple[bool, int, str]:

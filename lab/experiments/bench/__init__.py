@@ -11,6 +11,12 @@ On Redis every end-to-end drain runs on brokerstack's transport and on kombu's s
 drift weighs on both alike; ``end_to_end.comparison`` puts them side by side with the ratio of the
 medians and whether the difference is outside the noise (the repetitions' ranges do not overlap).
 
+The peers section (:mod:`lab.experiments.bench.peers`, on unless ``--no-peers``) drains the same
+backlog with brokerstack's defaults, stock Celery with the same settings, Dramatiq with its own
+defaults and brokerstack fire-and-forget, alternated in the same run, and judges issue 17's goals
+against the noise (``peers.goals``, ``ratios.peers``); ``--section peers`` runs it alone, into
+``<setup>-<driver>-peers.json``.
+
 ``brokerstack bench`` is the command line over the same calls. A run starts the setup's broker node
 and an auxiliary Redis (Celery results and the execution ledger) through :class:`lab.harness.stacks.Stack`,
 measures, stops everything (on failure and Ctrl-C too) and writes one JSON record per setup:

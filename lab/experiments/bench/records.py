@@ -117,6 +117,22 @@ the median). /2 kept every /1 field; :func:`upgrade_record` reads /1 records as 
                       api_confirm_cost_uvicorn_workers, goal_api_confirm_cost_max (2.0),
                       meets_goal_api_confirm_cost, brokerstack_vs_kombu (Redis with both
                       transports: {fire_and_forget, defaults: {pool: ratio}}, else null)
+                      peers, peers_verdicts (with a peers section: goal name -> ratio, verdict)
+    peers             (records since issue 17; absent before) brokerstack beside what users would
+                      otherwise run, alternated in the same run (lab.experiments.bench.peers): tasks,
+                      task, repeats, pool, concurrency (brokerstack's and stock Celery's worker),
+                      counted (how executions are counted: the same for every system),
+                      systems.<brokerstack_defaults|celery_defaults|dramatiq_defaults|
+                      brokerstack_fire_and_forget>: {system, version, settings, transport,
+                                 kombu_transport, consumer, result_backend (stock Celery), pool,
+                                 concurrency, prefetch_multiplier, acks_late, track_started,
+                                 results_stored, broker_class, queue, processes, threads,
+                                 middleware (Dramatiq), enqueue, consume (repeated rates)},
+                      goals.<defaults_vs_dramatiq|defaults_vs_celery|fire_and_forget_vs_dramatiq>:
+                                 {ours, theirs, goal, ratio (medians), verdict ("met": our whole
+                                 range above goal x theirs, "missed": below it, "no difference":
+                                 the ranges overlap, "unknown"), met (true | false | null)},
+                      drain_order [{system, repeat, per_s}], error
     errors            [{section, error, traceback}]
     path              where the record was written
 """
@@ -486,6 +502,71 @@ class Ratios(Model):
     brokerstack_vs_kombu: dict[str, dict[str, Num | None]] | None = None
     raw_verdicts: dict[str, dict[str, Any]] | None = None
     api_confirm_cost_uvicorn_workers: int | None = None
+    #: The peers' goals (records with a peers section): goal name -> ours / theirs (medians).
+    peers: dict[str, Num | None] | None = None
+    #: goal name -> "met" | "missed" | "no difference" | "unknown" (peers.goals.<name>.verdict).
+    peers_verdicts: dict[str, str | None] | None = None
+
+
+class PeerSystem(Model):
+    """One system of the peers section: what it is and ran with, and its repeated rates."""
+
+    system: str | None = None
+    version: str | None = None
+    settings: str | None = None
+    transport: str | None = None
+    kombu_transport: str | None = None
+    consumer: str | None = None
+    result_backend: str | None = None
+    pool: str | None = None
+    concurrency: int | None = None
+    prefetch_multiplier: int | None = None
+    acks_late: bool | None = None
+    track_started: bool | None = None
+    results_stored: bool | None = None
+    broker_class: str | None = None
+    queue: str | None = None
+    processes: int | None = None
+    threads: int | None = None
+    middleware: list[str] | None = None
+    enqueue: Enqueue | None = None
+    consume: Consume | None = None
+
+
+class PeerGoal(Model):
+    """One of the issue's goals: ``ours`` drain rate over ``theirs``, judged against the noise."""
+
+    ours: str | None = None
+    theirs: str | None = None
+    goal: Num | None = None
+    ratio: Num | None = None
+    verdict: str | None = None
+    met: bool | None = None
+
+
+class PeerDrain(Model):
+    system: str | None = None
+    repeat: int | None = None
+    per_s: Num | None = None
+
+
+class PeersSection(Model):
+    """brokerstack beside stock Celery and Dramatiq, same backlog, same run (``bench.peers``)."""
+
+    tasks: int | None = None
+    task: str | None = None
+    repeats: int | None = None
+    pool: str | None = None
+    concurrency: int | None = None
+    counted: str | None = None
+    systems: dict[str, PeerSystem] = Field(default_factory=dict)
+    goals: dict[str, PeerGoal] = Field(default_factory=dict)
+    drain_order: list[PeerDrain] | None = None
+    error: str | None = None
+
+    def drain(self, system: str) -> Consume | None:
+        entry = self.systems.get(system)
+        return entry.consume if entry else None
 
 
 # --- the header -----------------------------------------------------------------------------------
@@ -538,6 +619,8 @@ class BenchRecord(Model):
     end_to_end: EndToEnd | None = None
     api: ApiSection | None = None
     resources: ResourcesSection | None = None
+    #: Absent in records from before the peers were measured.
+    peers: PeersSection | None = None
     ratios: Ratios | None = None
     errors: list[SectionError] = Field(default_factory=list)
     aux_version: str | None = None
@@ -664,6 +747,9 @@ __all__ = [
     "EndToEnd",
     "Enqueue",
     "Latency",
+    "PeerGoal",
+    "PeerSystem",
+    "PeersSection",
     "PoolComparison",
     "PoolResult",
     "Rate",

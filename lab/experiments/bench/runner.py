@@ -22,6 +22,8 @@ from typing import Any
 
 from lab.experiments.bench import api as api_bench
 from lab.experiments.bench import e2e, raw, resources
+from lab.experiments.bench.peers import SYSTEMS as PEER_SYSTEMS
+from lab.experiments.bench.peers import PeersRun
 from lab.experiments.bench.records import (
     READABLE_SCHEMAS,
     SCHEMA,
@@ -31,6 +33,7 @@ from lab.experiments.bench.records import (
     EndToEnd,
     Machine,
     Model,
+    PeersSection,
     Ratios,
     RawSection,
     ResourcesSection,
@@ -52,13 +55,16 @@ log = logging.getLogger(__name__)
 
 CATEGORY = "bench"
 POOLS = ("solo", "threads", "prefork", "gevent")
-SECTIONS = ("raw", "end_to_end", "api", "resources")
+#: The sections of a run, in the order they run; ``peers`` (issue 17) is stock Celery and Dramatiq
+#: beside brokerstack, alternated in the same run.
+SECTIONS = ("raw", "end_to_end", "api", "resources", "peers")
 #: The model each section of the record is read into.
 SECTION_MODELS: dict[str, type[Model]] = {
     "raw": RawSection,
     "end_to_end": EndToEnd,
     "api": ApiSection,
     "resources": ResourcesSection,
+    "peers": PeersSection,
 }
 #: The issue's goals: brokerstack's consume rate against the raw client ceiling (set when the ceiling
 #: was the one-message client, BRPOP / one ack per message; against the batched ceiling measured now
@@ -119,6 +125,11 @@ class BenchParams:
     drain_max_seconds: float = 20.0
     #: Upper bound for one drain or latency run.
     timeout: float = 600.0
+    #: The sections measured (all by default; ``--no-peers`` leaves the peers out).
+    sections: tuple[str, ...] = SECTIONS
+    #: The pool brokerstack and stock Celery drain with beside Dramatiq (with ``concurrency``): the
+    #: issue's headline figure is prefork -c 2, the worker image's pool.
+    peers_pool: str = "prefork"
 
     @classmethod
     def quick(cls) -> BenchParams:
@@ -166,6 +177,10 @@ class BenchParams:
             raise ValueError("repeats must be at least 1")
         if self.tasks < 10 or self.raw_messages < 10:
             raise ValueError("tasks must be at least 10")
+        if not self.sections or set(self.sections) - set(SECTIONS):
+            raise ValueError(f"sections must be some of {', '.join(SECTIONS)}: {self.sections}")
+        if "peers" in self.sections and self.peers_pool not in available_pools():
+            raise ValueError(f"peers pool {self.peers_pool!r} is not one of {', '.join(available_pools())}")
 
 
 @dataclass(frozen=True)
@@ -236,7 +251,15 @@ class BenchRun:
         p = self.params
         api_runs = len(p.api_workers) * len(self.vendor.api_confirm_modes) * len(p.api_concurrency)
         per_pool = len(self.transports) * (len(CONFIGS) * p.repeats + 1)
-        return 2 + 1 + per_pool * len(p.pools) + api_runs + 1
+        chosen = set(p.sections)
+        return (
+            2
+            + ("raw" in chosen)
+            + (per_pool * len(p.pools) if "end_to_end" in chosen else 0)
+            + (api_runs if "api" in chosen else 0)
+            + ("resources" in chosen)
+            + (len(PEER_SYSTEMS) * p.repeats if "peers" in chosen else 0)
+        )
 
     def _advance(self, phase: str, message: str) -> None:
         self._step += 1
@@ -283,6 +306,7 @@ class BenchRun:
             end_to_end=None,
             api=None,
             resources=None,
+            peers=None,
             ratios=None,
             errors=[],
         )
@@ -321,7 +345,10 @@ class BenchRun:
                     ("end_to_end", self._end_to_end),
                     ("api", self._api),
                     ("resources", self._resources),
+                    ("peers", self._peers),
                 ):
+                    if section not in p.sections:
+                        continue
                     model = SECTION_MODELS[section]
                     try:
                         setattr(record, section, model.model_validate(fn()))
@@ -633,6 +660,10 @@ class BenchRun:
                     self._owned.processes.remove(server)
         return out
 
+    def _peers(self) -> dict[str, Any]:
+        """Stock Celery and Dramatiq beside brokerstack (lab.experiments.bench.peers)."""
+        return PeersRun(self).measure()
+
     def _resources(self) -> dict[str, Any]:
         p = self.params
         broker = self.stack.broker
@@ -668,7 +699,7 @@ class BenchRun:
 
     def _write(self, record: BenchRecord) -> Path:
         transports = self.params.transports if self.vendor.transports else None
-        name = record_name(self.setup.name, self.driver, self.params.mode, transports)
+        name = record_name(self.setup.name, self.driver, self.params.mode, transports, self.params.sections)
         category = CATEGORY if record.status == "completed" else f"{CATEGORY}/failed"
         return write_record(category, name, record, root=self.results)
 
@@ -703,13 +734,21 @@ def code_version() -> dict[str, Any]:
     return {"commit": commit, "modified": dirty}
 
 
-def record_name(setup: str, driver: str, mode: str, transports: tuple[str, ...] | None = None) -> str:
+def record_name(
+    setup: str,
+    driver: str,
+    mode: str,
+    transports: tuple[str, ...] | None = None,
+    sections: tuple[str, ...] = SECTIONS,
+) -> str:
     """``<setup>-<driver>`` for full runs, ``<setup>-<driver>-quick`` for quick ones; a Redis run on
     one transport only (``--transport kombu``) adds it, ``-kombu``, so it never replaces a record
-    that compares both."""
+    that compares both; a run of some sections only adds them (``-peers``), for the same reason."""
     name = f"{setup}-{driver}" + ("" if mode == "full" else f"-{mode}")
     if transports is not None and tuple(transports) != REDIS_TRANSPORTS:
         name += "-" + "-".join(transports)
+    if tuple(sections) != SECTIONS and set(sections) != set(SECTIONS) - {"peers"}:
+        name += "-" + "-".join(sections)
     return name
 
 
@@ -779,6 +818,9 @@ def compute_ratios(record: BenchRecord) -> Ratios:
         }
     if vendor.confirms:
         _api_confirm_cost(out, record.api.runs if record.api else [])
+    if record.peers and record.peers.goals:
+        out.peers = {name: goal.ratio for name, goal in record.peers.goals.items()}
+        out.peers_verdicts = {name: goal.verdict for name, goal in record.peers.goals.items()}
     return out
 
 
