@@ -7,8 +7,10 @@ under a **claim** on its task id in the result backend's Redis:
 
 1. **claim**, atomically, before the body: ``SET NX`` with a lease (the task's hard time limit plus
    a margin: no run of it can outlive that). A run that finds the id **done** returns the stored
-   result without running the body; one that finds it **claimed** by a live run retries when the
-   lease would end (the other run is going on, or died and its lease must lapse first).
+   result without running the body; one that finds it **claimed** by a live run looks again when
+   the lease would end (the other run is going on, or died and its lease must lapse first). That
+   wait is not one of the task's retries (its ``max_retries`` stays the body's budget): it is
+   bounded in time, CLAIM_WAIT_LEASES leases, and ends in ClaimWaitExceeded.
 2. the body runs. The effects it records through brokerstack's outbox (``worker.outbox``) are not
    written yet: they are collected.
 3. **complete**, in one MULTI/EXEC guarded by WATCH on the claim: the collected effects are written
@@ -31,6 +33,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Task
+from celery.exceptions import Reject, Retry
 
 from worker.backends import redis_client
 from worker.ledger import _record as ledger_event
@@ -58,6 +62,13 @@ LEASE_MARGIN_SECONDS = 5.0
 #: claims soon after the lease lapses.
 MIN_WAIT_SECONDS = 1.0
 MAX_WAIT_SECONDS = 5.0
+#: How many leases a run waits on another run's claim before it gives up (ClaimWaitExceeded): the
+#: holder completes or its lease lapses within one; a third delivery that claimed the id at once
+#: after a lapse completes within the next. Longer than that, something keeps taking the id.
+CLAIM_WAIT_LEASES = 2
+#: Message header carrying when a run first found its id claimed (epoch seconds), so the wait is
+#: measured across the messages it republishes and never counts as one of the task's retries.
+WAIT_HEADER = "brokerstack_claim_wait_since"
 
 
 @dataclass
@@ -85,6 +96,11 @@ def _client(url: str, settings: Settings) -> redis.Redis:
 
 class ClaimHeld(Exception):
     """Another run holds this task id's claim (running, or died and its lease has not lapsed)."""
+
+
+class ClaimWaitExceeded(Exception):
+    """The task id stayed claimed by other runs for longer than CLAIM_WAIT_LEASES leases: the run
+    gives up without running the body (the task fails; the other run's effect, if any, stands)."""
 
 
 class IdempotentTask(Task):
@@ -128,13 +144,7 @@ class IdempotentTask(Task):
             if raw is not None and (held := json.loads(raw)).get("state") == "done":
                 logger.info("%s[%s]: effect already done, not run again", self.name, task_id)
                 return held.get("result")
-            wait = min(max(client.pttl(key) / 1000, MIN_WAIT_SECONDS), MAX_WAIT_SECONDS)
-            # Bounded in time, not count: the claim is done or lapses within one lease.
-            raise self.retry(
-                exc=ClaimHeld(f"task {task_id} is claimed by another run; looking again in {wait:.0f} s"),
-                countdown=wait,
-                max_retries=self.request.retries + 1,
-            )
+            raise self._wait_for_claim(client, key, task_id)
         with self._collecting(task_id) as effects:
             try:
                 result = super().__call__(*args, **kwargs)
@@ -143,6 +153,35 @@ class IdempotentTask(Task):
                 raise
         self._complete(client, key, token, effects, result)
         return result
+
+    def claim_wait_limit(self) -> float:
+        """Seconds a run waits on other runs' claims before ClaimWaitExceeded."""
+        return CLAIM_WAIT_LEASES * self.lease_seconds()
+
+    def _wait_for_claim(self, client: redis.Redis, key: str, task_id: str) -> BaseException:
+        """What to raise when another run holds the claim: a Retry of this very message that keeps
+        the task's retry count (the wait is not the body failing), or ClaimWaitExceeded once the
+        wait, counted from the first time the id was found claimed, is longer than its bound."""
+        request = self.request
+        now = time.time()
+        since = float(getattr(request, WAIT_HEADER, None) or (request.headers or {}).get(WAIT_HEADER) or now)
+        limit = self.claim_wait_limit()
+        if now - since > limit:
+            return ClaimWaitExceeded(
+                f"task {task_id} stayed claimed by other runs for {now - since:.0f} s (limit {limit:.0f} s, "
+                f"{CLAIM_WAIT_LEASES} leases); not run"
+            )
+        wait = min(max(client.pttl(key) / 1000, MIN_WAIT_SECONDS), MAX_WAIT_SECONDS)
+        held = ClaimHeld(f"task {task_id} is claimed by another run; looking again in {wait:.0f} s")
+        if request.is_eager:  # apply(): Celery runs the retry in place; there is no message to keep
+            return self.retry(exc=held, countdown=wait, max_retries=request.retries + 1, throw=False)
+        headers = {**(request.headers or {}), WAIT_HEADER: since}
+        again = self.signature_from_request(request, countdown=wait, retries=request.retries, headers=headers)
+        try:
+            again.apply_async()
+        except Exception as exc:  # as Task.retry does: the message cannot be kept, so it is let go
+            raise Reject(exc, requeue=False) from exc
+        return Retry(exc=held, when=wait, sig=again)
 
     @contextmanager
     def _collecting(self, task_id: str) -> Iterator[PendingEffects]:

@@ -4,8 +4,10 @@ guarded part of every chaos run's stream (tasks with ``IdempotentTask``) and the
 from the chaos records; and what the guarantee costs per task on each broker, from the
 ``brokerstack idempotency-cost`` records (``<results>/idempotency-cost/``).
 
-Chaos records made before the load mixed guarded tasks in carry no ``guarded`` count; they are left
-out of this section (the durability table still shows them)."""
+Every completed chaos record with guarded tasks is listed, whatever its size (the size is shown), not
+only the newest published one per pair; a matrix of every scenario on every setup says which pairs
+have one and which have none yet. Chaos records made before the load mixed guarded tasks in carry no
+``guarded`` count; they are left out of the list (the durability table still shows them)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lab.harness.setups import SETUPS
+from lab.experiments.chaos.record import load_records, record_size, record_transport
+from lab.harness.setups import SCENARIO_NAMES, SETUPS
 from lab.harness.vendors import broker_rank
 
 DASH = "—"  # as in lab.report.render
@@ -22,11 +25,61 @@ COST_COMMAND = "brokerstack idempotency-cost --driver docker"
 COST_CATEGORY = "idempotency-cost"  # lab.experiments.idempotency_cost.CATEGORY, read without importing it
 
 
-def guarded_rows(report: Any) -> list[dict[str, Any]]:
-    """The chaos rows whose record counted a guarded part, in setup, then scenario order."""
+#: Scenarios whose stream cannot carry the guarantee, and why (the matrix says so instead of "none run yet").
+WITHOUT_GUARDED_TASKS = {"publish-kill": "no task runs, the runner reads its plain messages back"}
+NONE_YET = "none run yet"
+
+
+def guarded_records(report: Any) -> list[dict[str, Any]]:
+    """Every completed chaos record that counted a guarded part, any size, in setup, scenario, then
+    time order."""
     order = list(SETUPS)
-    rows = [r for r in report.chaos_rows if ((r["_record"].get("counts") or {}).get("guarded") or 0) > 0]
-    return sorted(rows, key=lambda r: (order.index(r["setup"]) if r["setup"] in order else len(order), r["scenario"]))
+    records = [
+        r for r in load_records(report.src.root, latest_only=False) if ((r.get("counts") or {}).get("guarded") or 0) > 0
+    ]
+    return sorted(
+        records,
+        key=lambda r: (
+            order.index(r["setup"]) if r["setup"] in order else len(order),
+            SCENARIO_NAMES.index(r["scenario"]) if r["scenario"] in SCENARIO_NAMES else len(SCENARIO_NAMES),
+            r.get("started_at") or "",
+        ),
+    )
+
+
+def cite(report: Any, record: dict[str, Any]) -> str:
+    """The record's reference in the doc if the report cites it, else its file name."""
+    labels = {r["_path"]: r for r in report.src.chaos}
+    cited = labels.get(record["_path"])
+    return report.src.cite(cited) if cited is not None else f"`{Path(record['_path']).name}`"
+
+
+def coverage(records: list[dict[str, Any]]) -> tuple[list[tuple[str, ...]], int, int]:
+    """The matrix of every scenario (rows) on every setup (columns): the most guarded duplicated
+    effects in any record of the pair and how many records, ``none run yet``, or ``—`` where the
+    setup does not run the scenario. Also (pairs with a record, pairs that could have one)."""
+    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        by_pair.setdefault((record["scenario"], record["setup"]), []).append(record)
+    rows, covered, applicable = [], 0, 0
+    for scenario in SCENARIO_NAMES:
+        cells = [scenario]
+        for name, setup in SETUPS.items():
+            runs = by_pair.get((scenario, name), [])
+            if not setup.applies_to(scenario):
+                cells.append(DASH)
+            elif scenario in WITHOUT_GUARDED_TASKS:
+                cells.append("n/a")
+            elif not runs:
+                applicable += 1
+                cells.append(NONE_YET)
+            else:
+                applicable += 1
+                covered += 1
+                worst = max(split_counts(r)["dup_effects_guarded"] for r in runs)
+                cells.append(f"**{worst}** ({len(runs)} run{'s' if len(runs) > 1 else ''})")
+        rows.append(tuple(cells))
+    return rows, covered, applicable
 
 
 def split_counts(record: dict[str, Any]) -> dict[str, int]:
@@ -136,36 +189,55 @@ def idempotency_section(report: Any) -> str:
         "body, the effect and the claim's completion in one transaction; `docs/idempotency.md`) into plain "
         "no-ops, half and half at fixed seeded positions. A *duplicated execution* is a task id that finished "
         "more than once; a *duplicated effect* one whose effect happened more than once (a guarded task's "
-        "committed effects; a plain task's every run). *Effect pending*: guarded tasks that finished without "
-        "a committed effect by the end of the run (a claim left by a killed run holds it until its lease lapses).",
+        "committed effects; a plain task's every run), counted from the outbox, where the effect is (records made "
+        "before that, from the ledger's effect entries). *Effect pending*: guarded tasks that finished without a "
+        "committed effect by the end of the run (a claim left by a killed run holds it until its lease lapses).",
         "",
     ]
-    rows = guarded_rows(report)
+    rows = guarded_records(report)
     if not rows:
         head.append(f"No chaos records with guarded tasks yet: run `{CHAOS_COMMAND}`.")
     else:
+        matrix, covered, applicable = coverage(rows)
+        head += [
+            "### Every scenario on every setup",
+            "",
+            "Per scenario and setup: the most guarded duplicated effects in any record of the pair (bold: must be "
+            f"0) and how many records; *{NONE_YET}* where the pair has no record with guarded tasks, {DASH} where "
+            "the setup does not run the scenario, n/a where the scenario's stream cannot carry the guarantee ("
+            + "; ".join(f"{name}: {why}" for name, why in WITHOUT_GUARDED_TASKS.items())
+            + f"). Pairs with a record: {covered} of {applicable}.",
+            "",
+            table(("scenario", *SETUPS), matrix),
+            "",
+            "### Every record with guarded tasks",
+            "",
+        ]
         out = []
-        for row in rows:
-            c = split_counts(row["_record"])
+        for record in rows:
+            c = split_counts(record)
+            transport = record_transport(record)
             out.append(
                 (
-                    row["setup"],
-                    row["scenario"],
+                    record["setup"],
+                    record["scenario"] + (f" ({transport} transport)" if transport == "kombu" else ""),
+                    f"{record_size(record):,} tasks, {len(record.get('faults') or [])} faults",
                     f"{c['guarded']:,} of {c['tasks']:,}",
                     c["dup_exec_guarded"],
                     f"**{c['dup_effects_guarded']}**",
                     c["without_effect"],
                     c["dup_exec_plain"],
                     c["dup_effects_plain"],
-                    report.src.cite(row["_record"]),
+                    cite(report, record),
                 )
             )
-        held = sum(1 for row in rows if split_counts(row["_record"])["dup_effects_guarded"] == 0)
+        held = sum(1 for record in rows if split_counts(record)["dup_effects_guarded"] == 0)
         head += [
             table(
                 (
                     "setup",
                     "scenario",
+                    "size",
                     "guarded tasks",
                     "guarded: duplicated executions",
                     "guarded: duplicated effects",
@@ -177,8 +249,9 @@ def idempotency_section(report: Any) -> str:
                 out,
             ),
             "",
-            f"Duplicated effects of guarded tasks were 0 in {held} of {len(rows)} runs; scenarios and setups "
-            f"without a row have no record with guarded tasks yet (`{CHAOS_COMMAND}`).",
+            f"Duplicated effects of guarded tasks were 0 in {held} of {len(rows)} runs (every completed record with "
+            "guarded tasks, whatever its size; the durability table shows only the newest published one per pair). "
+            f"Pairs marked *{NONE_YET}* above: `{CHAOS_COMMAND}`.",
         ]
     head += ["", "### What the guarantee costs per task", ""]
     records = sorted(

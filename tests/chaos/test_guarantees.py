@@ -37,6 +37,8 @@ def assert_reported(record: RunRecord) -> None:
     assert counts["acknowledged"] <= counts["attempted"]
     assert data["versions"]["broker"] and data["parameters"]["seed"] is not None
     assert data["drained"] is True, data["notes"]
+    # Issue 15: whatever the scenario and setup, a guarded task's effect happened at most once.
+    assert counts.get("guarded_duplicated_effects", 0) == 0, counts
 
 
 def counts_of(record: RunRecord) -> Counts:

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from lab.experiments.chaos.ledger import ExecutionLog, ProducerLedger, account
+from lab.experiments.chaos.ledger import ExecutionLog, ProducerLedger, account, committed_effects
 from lab.experiments.chaos.load import CeleryLoad, is_guarded
 from tests.helpers import wait_for
 from worker.outbox import Outbox
@@ -65,3 +65,7 @@ def test_guarded_tasks_delivered_twice_run_twice_and_have_their_effect_once(sett
     entries = Outbox(settings.result_backend).read(GUARDED_NOOP_OUTBOX)
     per_id = Counter(e["task_id"] for e in entries if str(e.get("task_id", "")).startswith(f"{run}-"))
     assert per_id == Counter({f"{run}-{i:07d}": 1 for i in range(TASKS) if is_guarded(i)}), json.dumps(per_id)
+    # Counted from the outbox, as the chaos runs do: the same, and no effect without its ledger entry.
+    from_outbox = account(ledger.attempts(), log.entries, outbox=committed_effects(settings))
+    assert from_outbox.effects == guarded and from_outbox.guarded_duplicated_effects == 0
+    assert (from_outbox.guarded_without_effect, from_outbox.guarded_effects_unlogged) == (0, 0)

@@ -28,6 +28,7 @@ def assert_exactly_once(record: RunRecord) -> None:
     assert record.guarantee == EXACTLY_ONCE, record.guarantee
     assert (counts.lost, counts.duplicated) == (0, 0), (counts, record.notes, record.faults)
     assert record.guarantee_held is True
+    assert counts.guarded > 0 and counts.guarded_duplicated_effects == 0, counts  # the mix (issue 15)
 
 
 # --- CI: a few faults each ---------------------------------------------------------------------------

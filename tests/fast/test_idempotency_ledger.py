@@ -65,3 +65,30 @@ def test_effect_events_survive_the_saved_history(tmp_path) -> None:
 def test_the_worker_entry_of_an_effect_parses() -> None:
     raw = json.dumps({"event": "effect", "task_id": "g", "name": GUARDED, "effects": 1, "t": 1.0})
     assert Execution.from_json(raw).event == "effect"
+
+
+def test_an_effect_committed_without_its_ledger_entry_counts_from_the_outbox() -> None:
+    """A worker killed between the effect's commit and its ledger entry: the ledger alone says
+    "effect pending"; the outbox, where the effect is, says it happened once."""
+    history = run("g", GUARDED, effect=False) + run("h", GUARDED, effect=True)
+    attempts = [acked("g", 0), acked("h", 1)]
+    assert account(attempts, history).guarded_without_effect == 1  # the ledger's word alone
+    counts = account(attempts, history, outbox={"g": 1, "h": 1})
+    assert (counts.guarded, counts.guarded_without_effect, counts.guarded_effects_unlogged) == (2, 0, 1)
+    assert (counts.effects, counts.duplicated_effects, counts.guarded_duplicated_effects) == (2, 0, 0)
+
+
+def test_the_outbox_is_the_effect_count_when_given() -> None:
+    """Two entries in the outbox for one id is a duplicated effect, whatever the ledger says; an
+    id with none is pending, even if the ledger logged one."""
+    history = run("g", GUARDED, effect=True) + run("g", GUARDED, effect=False) + run("h", GUARDED, effect=True)
+    counts = account([acked("g", 0), acked("h", 1)], history, outbox={"g": 2})
+    assert (counts.guarded_duplicated, counts.guarded_duplicated_effects, counts.duplicated_effects) == (1, 1, 1)
+    assert counts.guarded_without_effect == 1
+
+
+def test_a_guarded_attempt_without_any_effect_is_not_a_duplicated_effect_when_run_twice() -> None:
+    """The guarded part is known from the attempt's kind: its runs are not its effects."""
+    attempt = Attempt(index=0, task_id="g", invoked_at=0.0, outcome="ok", kind="guarded")
+    counts = account([attempt], run("g", GUARDED, effect=False) * 2, outbox={})
+    assert (counts.guarded_duplicated, counts.duplicated_effects, counts.guarded_without_effect) == (1, 0, 1)

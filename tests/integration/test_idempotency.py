@@ -1,7 +1,8 @@
 """Exactly-once effects, end to end on real brokers (both profiles): an Idempotency-Key retried
 across a broker outage and an API restart is one task and one e-mail; a task id delivered twice is
 one e-mail; a worker killed between its claim and its completion leaves the e-mail to the
-redelivered run, once."""
+redelivered run, once; waiting on another run's claim leaves the task's retry budget alone and is
+bounded on its own."""
 
 from __future__ import annotations
 
@@ -18,14 +19,18 @@ from services.api.idempotency import HEADER, RedisIdempotencyStore
 from tests.helpers import wait_for
 from worker.backends import redis_client
 from worker.celery_app import create_celery
-from worker.idempotent import CLAIM_PREFIX, LEASE_MARGIN_SECONDS
+from worker.idempotent import CLAIM_PREFIX, LEASE_MARGIN_SECONDS, WAIT_HEADER
 from worker.ledger import events_key
 from worker.outbox import Outbox
-from worker.tasks.email import MAIL_SERVER_SLOW
+from worker.tasks.email import EMAIL_MAX_RETRIES, MAIL_SERVER_DOWN, MAIL_SERVER_SLOW
+from worker.tasks.tools import GUARDED_NOOP_LEASE
 
 pytestmark = pytest.mark.integration
 
 SEND_EMAIL = "worker.tasks.email.send_email"
+GUARDED_NOOP = "worker.tasks.tools.guarded_noop"
+#: A claim another run holds, as that run's SET NX wrote it.
+OTHER_RUNS_CLAIM = json.dumps({"state": "claimed", "token": "another-run"})
 
 
 def emails_to(outbox: Outbox, address: str) -> list[dict]:
@@ -150,6 +155,69 @@ def test_a_worker_killed_between_claim_and_completion_sends_once_after_the_lease
     # Not before the dead run's lease lapsed (the claim was seen a poll interval after it was taken).
     lease = settings.task_time_limit + LEASE_MARGIN_SECONDS
     assert sent["at"] >= claim_seen_at + lease - 1, (sent["at"] - claim_seen_at, lease)
+
+
+def test_waiting_on_another_runs_claim_leaves_the_retry_budget_to_the_task(settings, start_worker):
+    """A delivery that finds its id claimed by another run waits for it, more often than the task
+    may retry; once the claim is released (the other run's body failed), the body still gets its
+    own max_retries: it runs 1 + EMAIL_MAX_RETRIES times against a mail server that is down."""
+    run = uuid.uuid4().hex
+    settings = settings.model_copy(update={"ledger_url": settings.result_backend, "ledger_run": run})
+    outbox = Outbox(settings.result_backend)
+    client = redis_client(settings.result_backend, settings)
+    task_id = str(uuid.uuid4())
+    key = CLAIM_PREFIX + task_id
+    # Held for as long as the test says (no lease: the other run is alive until the test lets go),
+    # so the delivery looks again every MIN_WAIT_SECONDS, and no lapse can come early on a busy machine.
+    client.set(key, OTHER_RUNS_CLAIM)
+    outbox.set_switch(MAIL_SERVER_DOWN, True)
+    app = create_celery(settings)
+    try:
+        start_worker(settings)
+        app.send_task(SEND_EMAIL, args=["u1", fresh_address()], task_id=task_id)
+
+        def waited_past_the_budget() -> bool:
+            return _finishes(client, run, task_id, "RETRY") > EMAIL_MAX_RETRIES
+
+        wait_for(waited_past_the_budget, 60, "the delivery to wait on the claim more often than it may retry")
+        client.delete(key)  # the other run's body raised: its claim is released
+        wait_for(lambda: app.AsyncResult(task_id).state == "FAILURE", 60, "the task to fail for good")
+    finally:
+        outbox.set_switch(MAIL_SERVER_DOWN, False)
+        app.close()
+    entries = [json.loads(raw) for raw in client.lrange(events_key(run), 0, -1)]
+    mine = [e for e in entries if e["task_id"] == task_id and e["event"] == "finish"]
+    # Every wait kept the task's retry count at 0; the body then used its whole budget, no more.
+    assert sum(1 for e in mine if e["state"] == "RETRY" and e["attempt"] == 0) > EMAIL_MAX_RETRIES, mine
+    [failed] = [e for e in mine if e["state"] == "FAILURE"]
+    assert failed["attempt"] == EMAIL_MAX_RETRIES, mine
+    assert "EmailDeliveryError" in repr(app.AsyncResult(task_id).result)
+
+
+def test_a_claim_held_past_its_wait_limit_fails_the_task_clearly(settings, start_worker):
+    """The wait on another run's claim is bounded in time (CLAIM_WAIT_LEASES leases), counted from
+    the first time the id was found claimed and carried by every message it republishes: past it,
+    the task fails with ClaimWaitExceeded and the body never ran."""
+    outbox = Outbox(settings.result_backend)
+    client = redis_client(settings.result_backend, settings)
+    task_id = str(uuid.uuid4())
+    key = CLAIM_PREFIX + task_id
+    limit = 2 * GUARDED_NOOP_LEASE  # CLAIM_WAIT_LEASES leases of guarded_noop
+    client.set(key, OTHER_RUNS_CLAIM)  # held until the test lets go
+    app = create_celery(settings)
+    try:
+        start_worker(settings)
+        # As if this delivery had first found the id claimed almost a whole limit ago: it waits
+        # once or twice more, each look again a new message that must carry the first time.
+        app.send_task(GUARDED_NOOP, task_id=task_id, headers={WAIT_HEADER: time.time() - limit + 3})
+
+        wait_for(lambda: app.AsyncResult(task_id).state == "FAILURE", 60, "the task to give up waiting on the claim")
+        result = app.AsyncResult(task_id).result
+    finally:
+        client.delete(key)
+        app.close()
+    assert type(result).__name__ == "ClaimWaitExceeded", repr(result)
+    assert not [e for e in outbox.read("guarded_noop") if e.get("task_id") == task_id]
 
 
 def _claim(client, task_id: str) -> dict:

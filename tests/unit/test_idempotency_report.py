@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from lab.experiments.idempotency_cost import Repetition, guarantee_commands, summarize
+from lab.harness.setups import SETUPS
 from lab.report import Report, load_sources
 from lab.report.idempotency import cost_rows, idempotency_section
 
@@ -83,14 +84,37 @@ def test_the_section_splits_guarded_from_unguarded_per_setup(tmp_path: Path) -> 
     report = Report(load_sources(tmp_path), tmp_path / "doc.md", tmp_path / "img", draw_charts=False)
     section = idempotency_section(report)
     # 5 guarded of 10; guarded t1, t3 ran twice with one effect each; plain t0, t2 twice, each an effect.
-    assert "| redis-everysec | broker-kill | 5 of 10 | 2 | **0** | 0 | 2 | 2 | [C" in section
-    assert "rabbitmq-confirms" not in section.split("### What the guarantee costs", 1)[0]
+    assert "| redis-everysec | broker-kill | 10 tasks, 3 faults | 5 of 10 | 2 | **0** | 0 | 2 | 2 | [C" in section
+    listed = section.split("### Every record with guarded tasks", 1)[1].split("### What the guarantee costs", 1)[0]
+    assert "rabbitmq-confirms" not in listed
     assert "0 in 1 of 1 runs" in section
     assert "redis 1.0" in section and "rabbitmq 1.0" in section and "load average 3.0-5.0 on 2 CPUs" in section
     assert section.index("| redis 1.0 |") < section.index("| rabbitmq 1.0 |")
     # 400-402 against 250-252 per second: apart, so no "no difference" note.
     assert "ranges overlap" not in section
     assert "## Exactly-once effects" in report.render()
+
+
+def test_every_record_with_guarded_tasks_is_listed_whatever_its_size(tmp_path: Path) -> None:
+    """Not only the newest published one per pair: an older run and a small one are listed too, and
+    the matrix says which scenario x setup pairs have none yet."""
+    _chaos_record(tmp_path, "redis-everysec", "00000001", mixed=True)
+    _chaos_record(tmp_path, "redis-everysec", "00000002", mixed=True)
+    _chaos_record(tmp_path, "rabbitmq-confirms", "00000003", mixed=False)
+    report = Report(
+        load_sources(tmp_path, min_chaos_tasks=1000), tmp_path / "doc.md", tmp_path / "img", draw_charts=False
+    )
+    section = idempotency_section(report)
+    listed = section.split("### Every record with guarded tasks", 1)[1]
+    assert listed.count("| redis-everysec | broker-kill | 10 tasks, 3 faults |") == 2
+    assert "0 in 2 of 2 runs" in section
+    matrix = section.split("### Every scenario on every setup", 1)[1].split("### Every record", 1)[0]
+    broker_kill = next(line for line in matrix.splitlines() if line.startswith("| broker-kill |"))
+    cells = dict(zip(SETUPS, broker_kill.strip("|").split("|")[1:], strict=True))
+    assert cells["redis-everysec"].strip() == "**0** (2 runs)"
+    assert cells["rabbitmq-confirms"].strip() == "none run yet"  # its record has no guarded tasks
+    assert cells["redis-sentinel"].strip() == "—"  # the setup does not run it
+    assert "| publish-kill | n/a |" in matrix
 
 
 def test_without_records_the_section_says_what_to_run(tmp_path: Path) -> None:

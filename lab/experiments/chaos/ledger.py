@@ -22,10 +22,13 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 Outcome = Literal["pending", "ok", "fail"]
 #: Attempt kinds the chaos load gives the tasks it sends with the exactly-once guarantee.
@@ -139,22 +142,31 @@ class Counts:
     guarded_duplicated: int = 0
     #: Guarded task ids whose effect was committed more than once: what the guarantee keeps at 0.
     guarded_duplicated_effects: int = 0
-    #: Guarded task ids that finished with no committed effect in the ledger: the effect is still
-    #: held by a claim a killed run left (it lapses with the lease), or its ledger entry was lost.
+    #: Guarded task ids that finished with no committed effect: the effect is still held by a claim
+    #: a killed run left (it lapses with the lease). Read from the outbox when the run could (the
+    #: effect itself), else from the ledger's effect entries (then also a lost ledger entry).
     guarded_without_effect: int = 0
+    #: Guarded task ids whose effect is in the outbox but has no ledger entry: the worker died (or
+    #: the ledger failed) between the effect's commit and its entry. Counted as committed, once.
+    guarded_effects_unlogged: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
-def account(attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Counts:
+def account(
+    attempts: Iterable[Attempt], executions: Iterable[Execution], *, outbox: Mapping[str, int] | None = None
+) -> Counts:
     """Count a history the way Jepsen's queue checker does.
 
     ``lost`` = acknowledged but never executed; ``duplicated`` = executed more than once;
     ``recovered`` = executed though not acknowledged; ``unexpected`` = executed but never
     attempted. Executions of unknown ids are first matched against anonymous unacknowledged
     attempts (the API gives no id with a 503), and count as recovered up to their number.
-    ``duplicated_effects`` counts effects, not runs (see Counts).
+    ``duplicated_effects`` counts effects, not runs (see Counts). ``outbox``: task id -> effects
+    committed in the outbox (:func:`committed_effects`); when given, guarded effects are counted
+    from it, not from the ledger's effect entries, which a worker killed right after the commit
+    never wrote.
     """
     attempts = list(attempts)
     finishes: Counter[str] = Counter()
@@ -183,6 +195,12 @@ def account(attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Cou
     unacked_known = known_ids - acked_ids
     anonymous_unacked = sum(1 for a in attempts if a.task_id is None and not a.acknowledged)
     executed_ids = set(finishes)
+    logged = effects
+    if outbox is not None:
+        # The outbox may hold other runs' effects (a shared results Redis): this history's ids only.
+        ours = known_ids | set(names) | set(finishes) | set(starts)
+        effects = Counter({task_id: n for task_id, n in outbox.items() if n > 0 and task_id in ours})
+        guarded_names |= {names[task_id] for task_id in effects if task_id in names}
 
     executed_acked = acked_ids & executed_ids
     unknown_executed = executed_ids - known_ids
@@ -195,6 +213,7 @@ def account(attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Cou
     }
     guarded_ids = {a.task_id for a in attempts if a.kind in GUARDED_KINDS and a.task_id is not None}
     guarded_ids |= {task_id for task_id, name in names.items() if name in guarded_names} | set(effects)
+    effect_counts.update({task_id: effects[task_id] for task_id in guarded_ids & executed_ids})
 
     return Counts(
         attempted=len(attempts),
@@ -219,7 +238,37 @@ def account(attempts: Iterable[Attempt], executions: Iterable[Execution]) -> Cou
         guarded_duplicated=sum(1 for task_id in guarded_ids if finishes[task_id] > 1),
         guarded_duplicated_effects=sum(1 for task_id in guarded_ids if effects[task_id] > 1),
         guarded_without_effect=sum(1 for task_id in guarded_ids if finishes[task_id] and not effects[task_id]),
+        guarded_effects_unlogged=0
+        if outbox is None
+        else sum(1 for task_id in guarded_ids if effects[task_id] and not logged[task_id]),
     )
+
+
+def committed_effects(settings: Settings | None, kinds: Iterable[str] | None = None) -> Counter[str] | None:
+    """Task id -> entries in the run's outbox (``worker.outbox``, in the result backend's Redis):
+    the guarded tasks' committed effects themselves, each entry carrying the id of the task that
+    committed it; ``kinds`` default to those of the chaos load's guarded tasks (guarded_noop's
+    and send_email's, the API's). None when the outbox cannot be read whole (unreachable, or trimmed at its cap):
+    then :func:`account` counts from the ledger (as without ``settings``: a run without a stack)."""
+    import redis
+
+    from worker.outbox import MAX_ENTRIES, Outbox
+    from worker.tasks.tools import GUARDED_NOOP_OUTBOX
+
+    if settings is None:
+        return None
+    kinds = (GUARDED_NOOP_OUTBOX, "email") if kinds is None else kinds
+    outbox = Outbox(settings.result_backend, settings=settings)
+    per_id: Counter[str] = Counter()
+    try:
+        for kind in kinds:
+            entries = outbox.read(kind)
+            if len(entries) >= MAX_ENTRIES:
+                return None
+            per_id.update(str(e["task_id"]) for e in entries if e.get("task_id"))
+    except (redis.RedisError, OSError):
+        return None
+    return per_id
 
 
 @dataclass(frozen=True)
@@ -530,6 +579,7 @@ __all__ = [
     "MemoryExecutionLog",
     "ProducerLedger",
     "account",
+    "committed_effects",
     "lateness",
     "load_history",
     "pending_counts",

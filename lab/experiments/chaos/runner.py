@@ -32,6 +32,7 @@ from lab.experiments.chaos.ledger import (
     MemoryExecutionLog,
     ProducerLedger,
     account,
+    committed_effects,
     pending_counts,
     save_history,
 )
@@ -298,7 +299,7 @@ class ChaosRun:
 
     def _count(self) -> None:
         self.executions.poll_all()
-        counts = account(self.ledger.attempts(), self.executions.entries)
+        counts = account(self.ledger.attempts(), self.executions.entries, outbox=committed_effects(self.stack.settings))
         self.record.counts = counts
         self._check_aof()
         if self.record.guarantee == GUARANTEE_NO_LOSS:
@@ -313,7 +314,9 @@ class ChaosRun:
         includes tasks that had simply not run yet; ``status`` says so)."""
         try:
             self.executions.poll_all()
-            self.record.counts = account(self.ledger.attempts(), self.executions.entries)
+            self.record.counts = account(
+                self.ledger.attempts(), self.executions.entries, outbox=committed_effects(self.stack.settings)
+            )
             self.note(
                 "interrupted before the drain: the counts are what had happened so far, and lost "
                 "includes tasks that had not run yet"

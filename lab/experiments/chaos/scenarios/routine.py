@@ -1,4 +1,7 @@
-"""Routine operations: a rolling deploy, a graceful broker restart mid-task, an idle worker killed."""
+"""Routine operations: a rolling deploy, a graceful broker restart mid-task, an idle worker killed.
+
+Each stream mixes tasks with the exactly-once guarantee in (``lab.experiments.chaos.load``: the same
+seeded indices as the default stream), so every record counts guarded tasks' duplicated effects."""
 
 from __future__ import annotations
 
@@ -7,14 +10,13 @@ import random
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from lab.experiments.chaos.load import SinglePublisher, noop_plan
+from lab.experiments.chaos.load import GUARDED_SHARE, SinglePublisher, is_guarded, mixed_plan, noop_plan
 from lab.experiments.chaos.runner import RunOptions, summarize
 from lab.experiments.chaos.scenarios.base import (
     DEPLOY_TASK_SECONDS,
     IDLE_KILL_AFTER,
     IDLE_POLL,
     MID_TASK_SPREAD,
-    NOOP_TASK,
     SLEEP_TASK,
     WARM_SHUTDOWN_TIMEOUT,
     Scenario,
@@ -63,7 +65,8 @@ class RollingDeploy(Scenario):
         """Spread over the rounds, and below what the workers left during a replacement can run, so
         the backlog stays short and every shutdown finds tasks running."""
         faults = self.faults_planned(options)
-        mean = sum(DEPLOY_TASK_SECONDS) / 2
+        # The guarded share of the stream is no-ops: only the rest are the deploy's sleeps.
+        mean = (1 - GUARDED_SHARE) * sum(DEPLOY_TASK_SECONDS) / 2
         capacity = max(1, options.workers - 1) * (options.concurrency or 2) / mean
         spread = options.tasks / ((faults + 0.5) * self.fault_period(setup, options)) if faults else capacity
         return round(max(0.2, min(spread, capacity)), 2)
@@ -75,6 +78,10 @@ class RollingDeploy(Scenario):
         seed = ctx.seed
 
         def plan(index: int) -> tuple[str, list, str]:
+            # The guarded share is the default stream's (guarded no-ops, run between the sleeps a
+            # warm shutdown waits for); the rest are the deploy's 1-3 s sleeps.
+            if is_guarded(index):
+                return mixed_plan(index)
             seconds = round(random.Random(f"{seed}-{index}").uniform(*DEPLOY_TASK_SECONDS), 2)
             return SLEEP_TASK, [seconds], "deploy"
 
@@ -216,7 +223,8 @@ class IdleKill(Scenario):
         for r, size in enumerate(sizes):
             last = None
             for _ in range(size):
-                task_id = publisher.publish(NOOP_TASK, [], "noop")
+                # The default stream's mix: the task a worker is killed after is guarded in some rounds.
+                task_id = publisher.publish(*mixed_plan(publisher.index))
                 if task_id is not None:
                     last = self._wait_finished(ctx, task_id) or last
                 ctx.emit("load", f"round {r + 1}/{rounds}")
