@@ -34,7 +34,7 @@ format: venv
 # No broker, no Docker, well under a minute: settings, topology, the API on Celery's in-memory
 # transport, the CLI, the ops report rendering.
 test-fast: venv
-	$(PYTEST) tests/fast tests/unit tests/bench/test_records.py tests/chaos/test_accounting.py -m "not slow"
+	$(PYTEST) tests/fast tests/unit tests/bench/test_records.py tests/bench/test_peers.py tests/chaos/test_accounting.py -m "not slow"
 
 test-unit: venv
 	$(PYTEST) tests/unit
