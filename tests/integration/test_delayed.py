@@ -317,6 +317,30 @@ def test_the_test_fixtures_purge_leaves_no_waiting_task_for_the_next_test(own_br
         app.close()
 
 
+def test_the_count_of_waiting_tasks_never_misses_one_that_moves_while_it_is_counted(setup, app):
+    """A waiting task moves between stores while it waits (RabbitMQ: down the ladder, one level per
+    bit of its delay), and the count reads them one after another: read in the wrong order, a task
+    that moves between two reads is in neither (CI once saw a count of 0 with one task waiting,
+    in the test after this one's). Many tasks hop here all the time; no count may fall below
+    the tasks not yet due."""
+    tasks = 300
+    dues: list[float] = []
+    with app.producer_or_acquire() as producer:
+        for n in range(tasks):
+            countdown = 3 + n % 8  # 3..10 s: the low levels of the ladder busy with hops throughout
+            dues.append(time.time() + countdown)
+            app.tasks[ADD].apply_async((n, 0), countdown=countdown, producer=producer)
+    profile = profile_for(setup)
+    counts = []
+    while time.time() < max(dues) - 1:
+        started = time.time()
+        # Cannot have left the broker's store yet: the ladder holds whole seconds, and rounds down.
+        waiting = sum(due > started + 1.2 for due in dues)
+        counts.append((profile.delayed_depth(app), waiting))
+    short = [(count, waiting) for count, waiting in counts if count < waiting]
+    assert len(counts) > 20 and not short, f"{len(short)} of {len(counts)} counts missed waiting tasks: {short[:5]}"
+
+
 # --- RabbitMQ classic setups: waiting tasks across a broker kill ---------------------------------
 
 #: Delayed tasks waiting across the broker kill: enough that hops are under way at any moment.

@@ -148,12 +148,15 @@ def ensure_ladder(app: Celery, connection: Connection) -> None:
 
 
 def delayed_depth(app: Celery) -> int:
-    """How many messages wait in the ladder (for every queue of the virtual host)."""
+    """How many messages wait in the ladder (for every queue of the virtual host). The levels are
+    read from the entry down: a message only ever moves to a shorter level, so one that moves while
+    they are read one by one is counted (at most twice), never missed as it would be read upwards."""
     with app.connection_for_write() as connection:
         ensure_ladder(app, connection)
         channel = connection.channel()
         try:
-            return sum(int(channel.queue_declare(name, passive=True).message_count) for name in LADDER_QUEUES)
+            levels = reversed(LADDER_QUEUES)
+            return sum(int(channel.queue_declare(name, passive=True).message_count) for name in levels)
         finally:
             connection.maybe_close_channel(channel)
 
