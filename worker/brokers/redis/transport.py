@@ -236,6 +236,9 @@ class BrokerstackChannel:
     _brpop_sent_at: Any
     _expires: dict[str, int]
     _tag_to_queue: dict[str, str]
+    #: The one client for synchronous commands (``_create_client``) and the one for acks after close.
+    _sync_client: Any = None
+    _closed_ack_client: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -265,8 +268,23 @@ class BrokerstackChannel:
     def ack_client(self) -> Any:
         """A client for acks, usable after the channel closed."""
         if not self.closed:  # type: ignore[attr-defined]
-            return self._create_client()  # type: ignore[attr-defined]
-        return self.Client(connection_pool=self._ack_pool)  # type: ignore[attr-defined]
+            return self._create_client()
+        if self._closed_ack_client is None:
+            self._closed_ack_client = self.Client(connection_pool=self._ack_pool)  # type: ignore[attr-defined]
+        return self._closed_ack_client
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        """kombu's channel builds a new redis-py client for every synchronous command (each ack, each
+        event published), and a redis-py 8 client builds ~170 response callbacks when it is created:
+        about a seventh of a solo worker's CPU per task with the defaults. A client holds no
+        connection of its own (it borrows one from its pool per command, thread-safely), so one per
+        pool serves them all; a new pool (after a reconnect) gets a new one."""
+        if asynchronous:
+            return super()._create_client(asynchronous=True)  # type: ignore[misc]
+        pool, cached = self.pool, self._sync_client
+        if cached is None or cached.connection_pool is not pool:
+            cached = self._sync_client = super()._create_client()  # type: ignore[misc]
+        return cached
 
     # --- priority -------------------------------------------------------------------------------
 
