@@ -4,13 +4,11 @@ Runs ``celery -A worker.celery_app flower`` (which applies the app's own product
 broker URLs), after refusing, with ENVIRONMENT=production, Flower basic-auth passwords that are
 the public development ones.
 
-On Redis, Flower's Broker page (and ``/api/queues/length`` behind it) picks its queue reader from
-the scheme of the app's connection URI. brokerstack's transport is chosen by class path
-(``broker_transport = worker.brokers.redis:Transport``), so that URI starts
-``worker.brokers.redis:Transport://`` and Flower answered 404 "'redis' broker is not supported".
-Flower here reads queues through the configured REDIS_URL (redis://, rediss:// or sentinel://),
-with the app's transport options (priority steps 0..9, key prefix, Sentinel master) and TLS
-options (``broker_use_ssl``), so the page counts every priority list of every queue.
+Flower's Broker page (and ``/api/queues/length`` behind it) picks its queue reader from the scheme of
+the app's connection URI, which not every broker's transport gives it (brokerstack's Redis transport
+is chosen by class path): the broker profile names the URL to read queues through instead
+(``flower_broker_url``; on Redis the configured REDIS_URL, read with the app's transport and TLS
+options, so the page counts every priority list of every queue).
 """
 
 from __future__ import annotations
@@ -20,7 +18,8 @@ import sys
 from functools import cached_property
 from typing import Any
 
-from worker.settings import DEVELOPMENT_SECRETS, url_parts
+from worker.brokers import profile_for
+from worker.settings import DEVELOPMENT_SECRETS
 
 
 def refused_reason(environ: dict[str, str]) -> str | None:
@@ -36,12 +35,11 @@ def refused_reason(environ: dict[str, str]) -> str | None:
 
 def broker_page_url(capp: Any) -> str | None:
     """The URL Flower's broker page should read queues through, or None to leave Flower's own
-    (RabbitMQ: amqp:// already, with the management API from FLOWER_BROKER_API)."""
+    (the broker profile says: ``BrokerProfile.flower_broker_url``)."""
     settings = getattr(capp, "brokerstack_settings", None)
-    if settings is None or settings.broker_profile != "redis":
+    if settings is None:
         return None
-    # Flower's Sentinel reader asks the first sentinel; it parses one URL, not kombu's ';' list.
-    return url_parts(settings.redis_url)[0]
+    return profile_for(settings).flower_broker_url()
 
 
 def flower_class() -> type:

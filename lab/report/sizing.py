@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from lab.harness.vendors import broker_rank
+from lab.harness.vendors import VENDORS, broker_rank
 
 SCHEMA = "brokerstack.sizing/1"
 REDIS_CONF = Path("deploy/redis/redis.conf")
@@ -35,7 +35,7 @@ METRICS = {
 #: The figure each broker's memory is sized with: what its own limit counts (Redis' maxmemory
 #: checks used_memory; RabbitMQ's memory alarm the node's memory, of which a queue's is the share
 #: that grows with its messages).
-HEADLINE = {"redis": "used_memory", "rabbitmq": "queue_memory"}
+HEADLINE = {name: vendor.memory_headline for name, vendor in VENDORS.items()}
 #: The worked example: the issue's case (about 40 tasks/s with results kept a day filled 1 GB)
 #: with a backlog and a DLQ an incident could leave behind.
 EXAMPLE = {"tasks_per_s": 40, "backlog": 100_000, "dead_letters": 10_000}

@@ -21,6 +21,10 @@ class BrokerProfile(ABC):
     url_setting: ClassVar[str]
     #: What the compose stacks build that URL from, named when production refuses its password.
     password_variable: ClassVar[str | None] = None
+    #: What its client library raises when the broker is unreachable, gone mid-call or refusing
+    #: work for now (worker.errors.BROKER_ERRORS gathers them): the API answers them with a 503,
+    #: not a 500, and the CLI with one line.
+    client_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -56,6 +60,11 @@ class BrokerProfile(ABC):
 
     def prepare_app(self, app: Celery) -> None:
         """Set up what this broker needs on a new Celery app itself (beyond its settings)."""
+        return None
+
+    def flower_broker_url(self) -> str | None:
+        """The URL Flower's Broker page (``/api/queues/length``) reads queues through, or None
+        where the Celery connection's own URI serves (deploy/container/flower.py)."""
         return None
 
     def health_fields(self) -> dict[str, Any]:

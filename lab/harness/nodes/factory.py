@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from .base import BrokerKind, BrokerNode, DriverName, RabbitOptions, RedisOptions
+from .base import BrokerKind, BrokerNode, DriverName
 from .tls import TLSFiles
 
 #: Environment variable selecting the driver when make_node() is not told.
@@ -42,17 +42,16 @@ def make_node(
     driver: DriverChoice | None = None,
     *,
     options: Any = None,
-    redis: RedisOptions | None = None,
-    rabbit: RabbitOptions | None = None,
     name: str | None = None,
     base_dir: str | Path | None = None,
+    **by_field: Any,
 ) -> BrokerNode:
     """A not-yet-started node of kind on the chosen driver (its vendor builds it:
     lab.harness.vendors).
 
-    ``options``: the broker's node options, whatever its kind (``redis=`` and ``rabbit=`` say
-    which kind they are for). Options of another kind are an error rather than silently ignored.
-    base_dir only matters to the process driver (default
+    ``options``: the broker's node options, whatever its kind; each vendor's ``options_field``
+    (``redis=``, ``rabbit=``) also takes them, for its kind only. Options of another kind are an
+    error rather than silently ignored. base_dir only matters to the process driver (default
     $BROKERSTACK_NODES_DIR or /tmp/brokerstack-nodes).
     """
     from lab.harness.vendors import VENDORS
@@ -60,11 +59,13 @@ def make_node(
     vendor = VENDORS.get(kind)
     if vendor is None:
         raise ValueError(f"kind must be one of {get_args(BrokerKind)}, not {kind!r}")
-    by_kind = {"redis": redis, "rabbit": rabbit}
-    stray = [field for field, value in by_kind.items() if value is not None and field != vendor.options_field]
+    fields = {v.options_field for v in VENDORS.values()}
+    if unknown := sorted(set(by_field) - fields):
+        raise TypeError(f"make_node() got an unexpected keyword argument {unknown[0]!r}")
+    stray = [field for field, value in by_field.items() if value is not None and field != vendor.options_field]
     if stray:
         raise ValueError(f"{stray[0]} options given for a {kind} node")
-    chosen = by_kind.get(vendor.options_field)
+    chosen = by_field.get(vendor.options_field)
     if options is not None and chosen is not None:
         raise ValueError("give the node options once: options= or the kind's own keyword")
     return vendor.make_node(resolve_driver(driver), options or chosen, name=name, base_dir=base_dir)

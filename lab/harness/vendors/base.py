@@ -69,6 +69,9 @@ class LabVendor(ABC):
     #: and for counting its operations (lab.experiments.task_cost): what makes them readable.
     memory_node_options: ClassVar[dict[str, Any]] = {}
     counters_node_options: ClassVar[dict[str, Any]] = {}
+    #: The figure of :meth:`memory` this broker's memory is sized by: what its own limit counts
+    #: (the report's sizing section headlines it).
+    memory_headline: ClassVar[str]
 
     #: Seconds between two power cuts of one node (sizes the power-loss scenarios' automatic rate):
     #: enough for it to boot again on what survived.
@@ -142,6 +145,11 @@ class LabVendor(ABC):
 
     def dead_lettered(self, stack: Stack) -> int | None:
         """Messages the broker's native dead-letter queue holds (None: it has none)."""
+        return None
+
+    def delayed_held(self, stack: Stack) -> int | None:
+        """Delayed tasks the broker holds that the profile's ``delayed_depth`` does not count
+        (None: it counts them all)."""
         return None
 
     def persisted_log(self, stack: Stack) -> bytes | None:

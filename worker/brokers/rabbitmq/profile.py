@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import amqp.exceptions
 from celery import Celery
 from kombu import Exchange, Queue, binding
 
@@ -32,6 +33,13 @@ class RabbitMQProfile(BrokerProfile):
     name = "rabbitmq"
     url_setting = "rabbitmq_url"
     password_variable = "RABBITMQ_PASSWORD"
+    client_errors = (
+        amqp.exceptions.RecoverableConnectionError,
+        amqp.exceptions.ConnectionError,
+        amqp.exceptions.ChannelError,
+        # A publish the broker refused to confirm (confirm_publish): not taken, so not a 202.
+        amqp.exceptions.MessageNacked,
+    )
 
     @classmethod
     def check_url(cls, value: str) -> str:

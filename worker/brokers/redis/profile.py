@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis.exceptions
 from celery import Celery
 
 from worker.brokers.base import BrokerProfile
 from worker.brokers.redis.dead_letters import RedisDeadLetterStore
+from worker.brokers.redis.errors import UNWRITABLE_ERRORS
 from worker.brokers.redis.transport import PRIORITY_STEPS, SENTINEL_TRANSPORT_PATH, TRANSPORT_PATH
-from worker.settings import SENTINEL_SCHEME, checked_redis_url, redis_scheme
+from worker.settings import SENTINEL_SCHEME, checked_redis_url, redis_scheme, url_parts
 from worker.topology import WORK_QUEUES
 
 #: Seconds the lock that one worker takes to give back expired unacked messages outlives a worker
@@ -28,6 +30,12 @@ class RedisProfile(BrokerProfile):
     name = "redis"
     url_setting = "redis_url"
     password_variable = "REDIS_PASSWORD"
+    client_errors = (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        # A primary that is up but takes no writes (failover, min-replicas-to-write).
+        *UNWRITABLE_ERRORS,
+    )
 
     @classmethod
     def check_url(cls, value: str) -> str:
@@ -76,6 +84,13 @@ class RedisProfile(BrokerProfile):
             return 0  # kombu's transport keeps no delayed set: its waiting tasks are in the workers
         with app.connection_for_read() as connection:
             return int(connection.default_channel.delayed_depth(list(WORK_QUEUES)))
+
+    def flower_broker_url(self) -> str:
+        # brokerstack's transport is picked by class path, so the connection's URI starts
+        # "worker.brokers.redis:Transport://", which Flower has no queue reader for (404 "'redis'
+        # broker is not supported"). Its Sentinel reader asks one sentinel: it parses one URL, not
+        # kombu's ';' list.
+        return url_parts(self.settings.redis_url)[0]
 
     def dead_letter_store(self, app: Celery) -> RedisDeadLetterStore:
         return RedisDeadLetterStore(app)

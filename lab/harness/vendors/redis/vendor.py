@@ -124,6 +124,8 @@ class RedisVendor(LabVendor):
     name = "redis"
     options_type = RedisOptions
     options_field = "redis"
+    # maxmemory checks used_memory.
+    memory_headline = "used_memory"
     #: Redis is ready within ~20 ms: probe often.
     poll_interval = 0.02
     process_names = ("redis-server",)
