@@ -18,6 +18,7 @@ from lab.experiments.bench.records import (
     ResourcesSection,
     SteadyLatency,
 )
+from lab.experiments.bench.stats import NO_DIFFERENCE, compare
 from lab.experiments.bench.vendors import BENCH_VENDORS, bench_vendor
 from lab.experiments.chaos.record import summary_row
 from lab.harness.setups import DEFAULT_TRANSPORT, ROUTINE, SCENARIO_NAMES, SETUPS
@@ -115,26 +116,18 @@ def median_rate(section: Rate | None) -> str:
     return f"{rate(section.per_s)} [{section.per_s_min or 0:,.0f}-{section.per_s_max or 0:,.0f}]"
 
 
-def _overlap(a: Rate | None, b: Rate | None) -> bool:
-    """Whether two repeated rates' ranges overlap (a difference inside the noise); False when either
-    is a single run, which has no range to judge by."""
-    if a is None or b is None or min(a.repeats or 1, b.repeats or 1) < 2:
-        return False
-    if a.per_s_min is None or a.per_s_max is None or b.per_s_min is None or b.per_s_max is None:
-        return False
-    return bool(a.per_s_min <= b.per_s_max and b.per_s_min <= a.per_s_max)
-
-
 def _ahead(first: tuple[str, Rate | None], second: tuple[str, Rate | None]) -> str:
-    """Which of two repeated rates is ahead, only where the difference is outside the noise."""
+    """Which of two repeated rates is ahead, only where the difference is outside the noise (the
+    rule every bench comparison uses: ``stats.compare``)."""
     (a_name, a), (b_name, b) = first, second
     if a is None or b is None or not a.per_s or not b.per_s:
         return "not measured on both"
-    if min(a.repeats or 1, b.repeats or 1) < 2:
-        return "one run on a side: no range to rank them by"
-    if _overlap(a, b):
+    judged = compare((a_name, a.model_dump()), (b_name, b.model_dump()))
+    if judged["faster"]:
+        return f"{judged['faster']} ahead"
+    if judged["verdict"] == NO_DIFFERENCE:
         return "no difference: the ranges overlap"
-    return f"{a_name if a.per_s > b.per_s else b_name} ahead"
+    return "one run on a side: no range to rank them by"
 
 
 def repeats_note(record: BenchRecord) -> str:
