@@ -125,11 +125,15 @@ def bench(
         tasks_by_setup = {s.name: bar.add_task("waiting", setup=s.name, total=None) for s in chosen}
         for setup in chosen:
             task_id = tasks_by_setup[setup.name]
+            lines = StepLines()
 
-            def show(p: Any, task_id: TaskID = task_id) -> None:
+            def show(p: Any, task_id: TaskID = task_id, lines: StepLines = lines) -> None:
                 bar.update(task_id, total=p.steps, completed=p.step, description=f"{p.phase}: {p.message}"[:70])
+                line = lines(p)
                 quiet = console.is_terminal or as_json
-                if not quiet and p.phase in ("starting", "done") and p.step in (0, p.steps):
+                if line is not None:
+                    console.print(escape(line), highlight=False, soft_wrap=True)
+                elif not quiet and p.phase in ("starting", "done") and p.step in (0, p.steps):
                     console.print(f"{p.setup}: {p.message}")
 
             try:
@@ -167,6 +171,21 @@ def bench(
         for line in failed:
             console.print(f"[red]brokerstack bench: {line}")
         raise typer.Exit(1)
+
+
+class StepLines:
+    """One line per finished step of a setup's run (a drain, an API level, the raw ceiling, ...),
+    for stderr: the bar draws only on a terminal, and a long run (the peers' drains take minutes)
+    must show where it is in a log too. The bar's in-between ticks print nothing."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def __call__(self, p: Any) -> str | None:
+        if p.step <= self.step:
+            return None
+        self.step = p.step
+        return f"{p.setup}: [{p.step}/{p.steps}, {p.elapsed:.0f} s] {p.phase}: {p.message}"
 
 
 def _sections(chosen: list[str] | None, *, peers: bool) -> tuple[str, ...] | None:

@@ -11,6 +11,7 @@ from typing import Any, cast, get_args
 import typer
 from rich.console import Console
 
+from lab.cli.progress import ProgressLines
 from lab.experiments.task_cost import NODE_OPTIONS, REPETITIONS, TASKS, measure_task_cost
 from lab.harness.nodes import BrokerKind, make_node
 from lab.harness.nodes.base import random_suffix
@@ -34,6 +35,8 @@ def task_cost(
     os.environ[RESULTS_DIR_ENV] = str(default_results_dir(results_dir, published=published))
     chosen = cast("DriverChoice | None", driver)  # make_node checks the name and says which it takes
     records = []
+    # Lines on stderr too: the spinner draws nothing where stderr is no terminal (a log file).
+    lines = ProgressLines(lambda text: console.print(f"task-cost: {text}", highlight=False, soft_wrap=True))
     for kind in get_args(BrokerKind):
         # A dedicated results node: the backend's counters are the backend's alone.
         with (
@@ -45,9 +48,11 @@ def task_cost(
             def settings(overrides: dict[str, Any], broker: Any = broker, results: Any = results) -> Any:
                 return settings_for(broker, results, **overrides)
 
-            records.append(
-                measure_task_cost(settings, broker, tasks=tasks, repetitions=repetitions, tick=status.update)
-            )
+            def tick(text: str, status: Any = status) -> None:
+                status.update(text)
+                lines(text)
+
+            records.append(measure_task_cost(settings, broker, tasks=tasks, repetitions=repetitions, tick=tick))
     if as_json:
         typer.echo(json.dumps(records))
         return

@@ -9,6 +9,7 @@ two overlap (the goal is inside the noise).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lab.experiments.bench.peers import GOALS
 from lab.experiments.bench.records import BenchRecord, PeerGoal, PeersSection, PeerSystem, Rate
@@ -131,10 +132,7 @@ def _bounds(sources: Sources, records: list[BenchRecord]) -> list[str]:
             config = "fire_and_forget" if ours.endswith("fire_and_forget") else "defaults"
             worker = ((cost.get("configs") or {}).get(config) or {}).get("worker") or {}
             cpu, wall = (worker.get("cpu_ms") or {}).get("median"), (worker.get("wall_ms") or {}).get("median")
-            backend = total(worker.get("backend_ops") or {})
-            trip = cost.get("backend_round_trip_ms")
-            waits = f" (at least {backend * trip:.2f} ms of waiting at {trip:.3f} ms a round trip)" if trip else ""
-            stored = f"{backend:.1f} result-backend commands{waits}" if backend else "no result-backend command"
+            stored = _backend_wait(worker, cost.get("backend_round_trip_ms"))
             budget = 1000 / (goal * rival.per_s)
             verdict = (
                 f"over the budget by {wall / budget:.1f}x"
@@ -155,6 +153,20 @@ def _bounds(sources: Sources, records: list[BenchRecord]) -> list[str]:
         lines.insert(0, "What bounds brokerstack where a goal is missed, from the per-task profile:")
         lines.insert(1, "")
     return lines
+
+
+def _backend_wait(worker: dict[str, Any], trip_ms: float | None) -> str:
+    """What storing the task's states waits for: its round trips to the result backend times one
+    PING. The commands the server counts are no measure of it (a script's calls ride on the
+    EVALSHA that ran it): a profile without counted round trips says so and prices nothing."""
+    commands = total(worker.get("backend_ops") or {})
+    if not commands:
+        return "no result-backend command"
+    trips = (worker.get("backend_round_trips") or {}).get("median")
+    if trips is None:
+        return f"{commands:.1f} result-backend commands (round trips not counted in this profile)"
+    waits = f", at least {trips * trip_ms:.2f} ms of waiting at {trip_ms:.3f} ms a round trip" if trip_ms else ""
+    return f"{trips:.1f} result-backend round trips ({commands:.1f} commands, counting those a script ran{waits})"
 
 
 def _ms(value: float | None) -> str:

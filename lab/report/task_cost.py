@@ -40,7 +40,8 @@ def operations(ops: dict[str, Any]) -> str:
         ((name, value) for name, value in ops.items() if value and value["median"] >= SHOWN_MIN),
         key=lambda item: -item[1]["median"],
     )
-    return " · ".join(f"{name} {spread(value)}" for name, value in shown) or "none"
+    # A subcommand's bar (script|load, client|setinfo) would split a Markdown table's cell.
+    return " · ".join(f"{name.replace('|', ' ')} {spread(value)}" for name, value in shown) or "none"
 
 
 def total(ops: dict[str, Any]) -> float:
@@ -61,6 +62,8 @@ def rows(record: dict[str, Any]) -> list[list[str]]:
                     side,
                     f"{total(s['broker_ops']):.2f}: {operations(s['broker_ops'])}",
                     f"{total(s['backend_ops']):.2f}: {operations(s['backend_ops'])}",
+                    # Records made before round trips were counted have none: "—", never a guess.
+                    spread(s.get("backend_round_trips")),
                     spread(s["cpu_ms"], 3) if side == "worker" else "—",
                     spread(s["wall_ms"], 3),
                 ]
@@ -68,7 +71,15 @@ def rows(record: dict[str, Any]) -> list[list[str]]:
     return out
 
 
-HEADER = ["settings", "side", "broker ops / task", "backend commands / task", "worker CPU ms / task", "wall ms / task"]
+HEADER = [
+    "settings",
+    "side",
+    "broker ops / task",
+    "backend commands / task",
+    "backend round trips / task",
+    "worker CPU ms / task",
+    "wall ms / task",
+]
 
 
 def task_cost_table(records: list[dict[str, Any]]) -> Table:
@@ -94,6 +105,12 @@ def render_task_cost(records: list[dict[str, Any]]) -> str:
         "the worker's while one solo worker drains it. Counts do not depend on the machine; times do.",
         "Figures are medians of alternated repetitions, with the range when the repetitions differ.",
         "",
+        "Commands are not round trips: the server counts the commands a script calls too (one EVALSHA",
+        "storing a state runs a GET, a SETEX and a PUBLISH inside it). The backend's round trips are",
+        "counted in one more drain per configuration with a MONITOR on the backend: every command a client",
+        "sent, less those a script called and those queued between MULTI and EXEC (sent as one block).",
+        "Watching costs the server time, so that drain's times are not in the table.",
+        "",
     ]
     if not records:
         return "\n".join([*lines, "No task-cost records yet: run `brokerstack task-cost`.", ""])
@@ -103,7 +120,7 @@ def render_task_cost(records: list[dict[str, Any]]) -> str:
             "",
             f"{record['tasks']} tasks x {record['repetitions']} repetitions, solo pool, prefetch multiplier "
             f"{record['settings']['prefetch_multiplier']} with the defaults. One PING to the result backend "
-            f"took {record['backend_round_trip_ms']:.3f} ms here: each backend command that waits for its answer "
+            f"took {record['backend_round_trip_ms']:.3f} ms here: each round trip to the backend "
             "costs at least that.",
             "",
             "| " + " | ".join(HEADER) + " |",

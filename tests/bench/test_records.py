@@ -46,6 +46,23 @@ def test_compare_reports_a_difference_only_outside_the_noise(
     assert result["ratio"] == pytest.approx(runs(*a)["per_s"] / runs(*b)["per_s"], rel=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "goal", "verdict"),
+    [
+        ((90.0, 100.0), (100.0, 110.0), 0.8, "brokerstack faster"),  # 90 > 0.8 x 110
+        ((70.0, 80.0), (100.0, 110.0), 0.8, "no difference"),  # 80 is inside 0.8 x (100-110)
+        ((60.0, 70.0), (100.0, 110.0), 0.8, "kombu faster"),  # 70 < 0.8 x 100
+        ((120.0, 130.0), (100.0, 110.0), 1.25, "no difference"),  # 130 is inside 1.25 x (100-110)
+    ],
+)
+def test_a_goal_scales_the_second_range_not_the_ratio(
+    a: tuple[float, ...], b: tuple[float, ...], goal: float, verdict: str
+) -> None:
+    result = compare(("brokerstack", runs(*a)), ("kombu", runs(*b)), goal=goal)
+    assert result["verdict"] == verdict
+    assert result["ratio"] == compare(("brokerstack", runs(*a)), ("kombu", runs(*b)))["ratio"]
+
+
 V1_RECORD: dict[str, Any] = {
     "schema": V1,
     "setup": "redis-everysec",

@@ -86,11 +86,14 @@ def compare(
     first: tuple[str, dict[str, Any]],
     second: tuple[str, dict[str, Any]],
     key: str = "per_s",
+    goal: float = 1.0,
 ) -> dict[str, Any]:
     """Two ``median_of_runs`` summaries (``(name, summary)``, higher is better) side by side: the
     first median over the second, and whether the difference is outside the noise. The noise is
     the spread of the repetitions: ranges that overlap are "no difference"; with fewer than two
-    repetitions on a side there is no spread to judge by ("unknown")."""
+    repetitions on a side there is no spread to judge by ("unknown"). ``goal`` scales the second's
+    range: the first is "faster" when its whole range is above ``goal`` times the second's (a goal
+    of 0.8: at least 80 % of it), the second when the first's is below it."""
     (a_name, a), (b_name, b) = first, second
     a_lo, a_hi, b_lo, b_hi = (a.get(f"{key}_min"), a.get(f"{key}_max"), b.get(f"{key}_min"), b.get(f"{key}_max"))
     faster: str | None = None
@@ -103,8 +106,8 @@ def compare(
         or b_hi is None
     ):
         outside, verdict = None, UNKNOWN
-    elif a_lo > b_hi or b_lo > a_hi:
-        faster = a_name if a_lo > b_hi else b_name
+    elif a_lo > goal * b_hi or goal * b_lo > a_hi:
+        faster = a_name if a_lo > goal * b_hi else b_name
         outside, verdict = True, f"{faster} faster"
     else:
         outside, verdict = False, NO_DIFFERENCE

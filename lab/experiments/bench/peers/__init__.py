@@ -30,7 +30,7 @@ from typing import Any
 from lab.experiments.bench import e2e
 from lab.experiments.bench.e2e import AmqpQueueDepth, Depth
 from lab.experiments.bench.peers import dramatiq_actors, stock_celery
-from lab.experiments.bench.stats import latency_ms, median_of_runs, rate, ratio
+from lab.experiments.bench.stats import compare, latency_ms, median_of_runs, rate
 from lab.harness.processes import CeleryWorker, ManagedProcess
 from worker.brokers import BrokerProfile, RabbitMQProfile, RedisProfile, profile_for
 from worker.topology import WORK_QUEUES
@@ -53,7 +53,8 @@ STOCK_TRANSPORT = "kombu"
 #: How a drain is counted, as the record states it.
 COUNTED = "messages of the system's queue held by the broker, from the first drop to empty (the bench vendor's reader)"
 
-MET, MISSED, NO_DIFFERENCE, UNKNOWN = "met", "missed", "no difference", "unknown"
+#: The goal verdicts; "no difference" and "unknown" are stats.compare's own.
+MET, MISSED = "met", "missed"
 
 
 class DramatiqRedisDepth:
@@ -111,23 +112,14 @@ def dramatiq_default_threads() -> int:
 
 
 def judge(ours: dict[str, Any], theirs: dict[str, Any], goal: float) -> dict[str, Any]:
-    """``ours`` against ``goal`` x ``theirs`` (repeated rates): "met" when our whole range is above
-    theirs scaled by the goal, "missed" when below it, "no difference" when the ranges overlap
-    (the goal is inside the noise), "unknown" with fewer than two repetitions."""
-    lo, hi = ours.get("per_s_min"), ours.get("per_s_max")
-    their_lo, their_hi = theirs.get("per_s_min"), theirs.get("per_s_max")
-    reps = min(ours.get("repeats") or 0, theirs.get("repeats") or 0)
-    if reps < 2 or lo is None or hi is None or their_lo is None or their_hi is None:
-        verdict = UNKNOWN
-    elif lo > goal * their_hi:
-        verdict = MET
-    elif hi < goal * their_lo:
-        verdict = MISSED
-    else:
-        verdict = NO_DIFFERENCE
+    """``ours`` against ``goal`` x ``theirs`` (repeated rates), by ``stats.compare``: "met" when our
+    whole range is above theirs scaled by the goal, "missed" when below it, "no difference" when
+    the ranges overlap (the goal is inside the noise), "unknown" with fewer than two repetitions."""
+    compared = compare(("ours", ours), ("theirs", theirs), goal=goal)
+    verdict = {"ours": MET, "theirs": MISSED}.get(compared["faster"] or "", compared["verdict"])
     return {
         "goal": goal,
-        "ratio": ratio(ours.get("per_s"), theirs.get("per_s")),
+        "ratio": compared["ratio"],
         "verdict": verdict,
         "met": {MET: True, MISSED: False}.get(verdict),
     }
@@ -198,7 +190,9 @@ class PeersRun:
                     enqueues[key].append(enqueue)
                     consumes[key].append(consume)
                     order.append({"system": key, "repeat": repeat + 1, "per_s": consume["per_s"]})
-                    self.run._advance("peers", f"{key}: {consume['per_s']} tasks/s ({repeat + 1}/{p.repeats})")
+                    self.run._advance(
+                        "peers", f"{key}, repetition {repeat + 1}/{p.repeats}: {consume['per_s']} tasks/s"
+                    )
         finally:
             for contender in contenders.values():
                 contender.close()
