@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lab.cli.progress import ProgressLines
 from lab.experiments.delayed_memory import COUNTDOWN, REPETITIONS, TASKS, measure_delayed_memory
 from lab.harness.nodes.factory import DriverChoice
 from lab.harness.results import RESULTS_DIR_ENV, RESULTS_DIR_RULE, default_results_dir
@@ -37,9 +38,15 @@ def delayed_memory(
     published = tasks == TASKS and repetitions >= REPETITIONS
     os.environ[RESULTS_DIR_ENV] = str(default_results_dir(results_dir, published=published))
     chosen = cast("DriverChoice | None", driver)  # make_node checks the name and says which it takes
+    lines = ProgressLines(lambda text: console.print(f"delayed-memory: {text}", highlight=False))
     with console.status("delayed-memory") as status:
+
+        def tick(text: str) -> None:
+            status.update(text)
+            lines(text)
+
         record = measure_delayed_memory(
-            driver=chosen, tasks=tasks, repetitions=repetitions, countdown=countdown, tick=status.update
+            driver=chosen, tasks=tasks, repetitions=repetitions, countdown=countdown, tick=tick
         )
     if as_json:
         typer.echo(json.dumps(record))

@@ -66,6 +66,8 @@ MEMORY_READ_INTERVAL = 1.0
 MEMORY_SETTLE_TIMEOUT = 120.0
 
 Tick = Callable[[str], Any]
+#: Publishing reports its progress this many times (every 10 %): 100,000 tasks take many minutes.
+PUBLISH_PROGRESS_STEPS = 10
 
 
 def _quiet(_: str) -> None:
@@ -121,12 +123,24 @@ def reading(node: Any, worker: CeleryWorker, tick: Tick) -> dict[str, Any]:
 # --- one repetition ----------------------------------------------------------------------------------
 
 
-def publish(settings: Settings, tasks: int, countdown: float, threads: int = PUBLISHERS) -> float:
-    """Publish ``tasks`` no-ops with ``countdown`` through the product; seconds it took."""
+def publish(settings: Settings, tasks: int, countdown: float, threads: int = PUBLISHERS, tick: Tick = _quiet) -> float:
+    """Publish ``tasks`` no-ops with ``countdown`` through the product; seconds it took. ``tick``
+    hears of every PUBLISH_PROGRESS_STEPS-th part published."""
     app = create_celery(settings, main="delayed-memory-producer", producer_only=True)
     counter = iter(range(tasks))
     lock = threading.Lock()
     errors: list[BaseException] = []
+    step = max(1, -(-tasks // PUBLISH_PROGRESS_STEPS))
+    published = 0
+    started = time.monotonic()
+
+    def done_one() -> None:
+        nonlocal published
+        with lock:  # ticked under the lock too, so the lines come in order
+            published += 1
+            if published % step == 0 or published == tasks:
+                elapsed = time.monotonic() - started
+                tick(f"published {published:,} of {tasks:,} ({100 * published // tasks} %) in {elapsed:.0f} s")
 
     def run() -> None:
         try:
@@ -137,10 +151,10 @@ def publish(settings: Settings, tasks: int, countdown: float, threads: int = PUB
                     if index is None:
                         return
                     app.tasks[NOOP_TASK].apply_async([], countdown=countdown, producer=producer)
+                    done_one()
         except BaseException as exc:  # noqa: BLE001 - raised below
             errors.append(exc)
 
-    started = time.monotonic()
     try:
         pool = [threading.Thread(target=run, daemon=True) for _ in range(threads)]
         for thread in pool:
@@ -186,7 +200,7 @@ def measure_once(
             tick("before")
             before = reading(broker, worker, tick)
             tick(f"publishing {tasks}")
-            publish_s = publish(settings, tasks, countdown)
+            publish_s = publish(settings, tasks, countdown, tick=tick)
 
             def accounted() -> tuple[int, int, int]:
                 """(waiting in the broker's delayed store, ready in a work queue, held by the
@@ -199,7 +213,7 @@ def measure_once(
             while ready:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{ready} of {tasks} tasks still ready after {SETTLE_TIMEOUT:g} s")
-                tick(f"in the broker {waiting}, ready {ready}, held by the worker {held}")
+                tick(f"settling: in the broker {waiting}, ready {ready}, held by the worker {held}")
                 time.sleep(1.0)  # polled: the worker takes (kombu) or the broker files (ours) the tasks
                 waiting, ready, held = accounted()
             after = reading(broker, worker, tick)

@@ -333,10 +333,12 @@ def test_the_count_of_waiting_tasks_never_misses_one_that_moves_while_it_is_coun
     profile = profile_for(setup)
     counts = []
     while time.time() < max(dues) - 1:
-        started = time.time()
-        # Cannot have left the broker's store yet: the ladder holds whole seconds, and rounds down.
-        waiting = sum(due > started + 1.2 for due in dues)
-        counts.append((profile.delayed_depth(app), waiting))
+        count = profile.delayed_depth(app)
+        # Cannot have left the broker's store before the count's last read (the ladder holds whole
+        # seconds, and rounds down): on a busy machine one count takes a good part of a second, and
+        # a task that left while the shortest levels were still to be read is rightly not counted.
+        waiting = sum(due > time.time() + 1.2 for due in dues)
+        counts.append((count, waiting))
     short = [(count, waiting) for count, waiting in counts if count < waiting]
     assert len(counts) > 20 and not short, f"{len(short)} of {len(counts)} counts missed waiting tasks: {short[:5]}"
 
@@ -362,10 +364,13 @@ def started_ids(settings: Settings) -> set[str]:
 
 @pytest.mark.xfail(
     reason=(
-        "issue 14, open: a classic ladder dead-letters at-most-once (19 of 400 lost here); a quorum ladder "
-        "ending in a quorum due queue emptied by a mover in each worker (tried, reverted) still stranded "
-        "dead letters in the quorum ladder after a kill -9 (rabbitmq-server#12625): 10 of 400 here in 1 of "
-        "7 runs, 924 of 10,000 in the delayed chaos scenario"
+        "a documented limit, no longer promised: classic queues dead-letter at-most-once (at-least-once "
+        "dead lettering is for quorum source queues only: "
+        "https://www.rabbitmq.com/blog/2022/03/29/at-least-once-dead-lettering), so rabbitmq-confirms "
+        "does not promise lost == 0 for delayed tasks (lab.harness.setups; quorum queues do); 19 of 400 "
+        "lost here. A quorum ladder ending in a quorum due queue emptied by a mover in each worker "
+        "(tried, reverted) still stranded dead letters in the quorum ladder after a kill -9 "
+        "(rabbitmq-server#12625): 10 of 400 here in 1 of 7 runs, 924 of 10,000 in the delayed chaos scenario"
     ),
     strict=False,
 )

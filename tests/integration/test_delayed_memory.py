@@ -22,8 +22,14 @@ def _brokerstack_transport(kind: str) -> str | None:
 
 @pytest.mark.parametrize("kind", BROKER_KINDS)
 def test_waiting_tasks_stay_in_the_broker_not_in_the_worker(kind, driver):
-    run = measure_once(kind, _brokerstack_transport(kind), driver=driver, tasks=TASKS, countdown=3600)
+    ticks: list[str] = []
+    run = measure_once(
+        kind, _brokerstack_transport(kind), driver=driver, tasks=TASKS, countdown=3600, tick=ticks.append
+    )
     assert (run["waiting_in_broker"], run["held_by_worker"]) == (TASKS, 0)
+    # Publishing reports its progress every 10 % (a 100,000-task run publishes for many minutes).
+    published = [t.split(" in ")[0] for t in ticks if t.startswith("published")]
+    assert published == [f"published {n} of {TASKS} ({100 * n // TASKS} %)" for n in range(20, TASKS + 1, 20)]
     assert run["before"]["worker_rss_bytes"] > 0 and run["after"]["broker_memory_bytes"] > 0
     summary = summarize([run], TASKS)
     growth = summary["worker_rss_bytes"]["growth"]["median"]

@@ -76,8 +76,11 @@ def test_due_times_are_kept_in_the_ledger_and_the_saved_history(tmp_path: Path):
     assert lateness(history.attempts, history.executions).p50 == 0.5  # type: ignore[union-attr]
 
 
-def _row(setup: str, run_id: str, lost: int, duplicated: int, p99: float, held: bool | None) -> dict[str, Any]:
+def _row(
+    setup: str, run_id: str, lost: int, duplicated: int, p99: float, held: bool | None, guarded_dup: int | None = None
+) -> dict[str, Any]:
     record = {
+        "counts": {} if guarded_dup is None else {"guarded": 500, "guarded_duplicated_effects": guarded_dup},
         "run_id": run_id,
         "started_at": run_id,
         "timings": {"lateness_s": {"p50": 0.04, "p99": p99, "max": p99 + 1}, "load_s": 20.0},
@@ -99,16 +102,21 @@ def test_the_report_shows_lost_duplicated_and_lateness_per_setup_with_ranges():
     rows = [
         _row("rabbitmq-confirms", "r1", 0, 4, 10.0, True),
         _row("redis-volatile", "v1", 9000, 0, 0.9, None),
-        _row("rabbitmq-confirms", "r2", 0, 6, 12.0, True),
+        _row("rabbitmq-confirms", "r2", 0, 6, 12.0, True, guarded_dup=0),
     ]
     report = SimpleNamespace(chaos_rows=rows, src=SimpleNamespace(cite=lambda r: f"[{r['run_id']}]"))
     text = delayed_section(report)
     lines = [line for line in text.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| setup | runs | acknowledged | kills | lost | duplicated | lateness p50 |")
+    assert lines[0].startswith(
+        "| setup | runs | acknowledged | kills | lost | duplicated | guarded: duplicated effects | lateness p50 |"
+    )
     # Setup order as in SETUPS (Redis first), several runs as the median with the range.
-    assert lines[1].startswith("| redis-volatile | 1 | 10,000 | 3 | 9,000 | 0 | 0.04 s | 0.90 s | 1.90 s |")
+    # A run without guarded tasks (made before they were mixed in) shows none.
+    assert lines[1].startswith("| redis-volatile | 1 | 10,000 | 3 | 9,000 | 0 | — | 0.04 s | 0.90 s | 1.90 s |")
     assert "(none promised)" in lines[1]
-    assert lines[2].startswith("| rabbitmq-confirms | 2 | 10,000 | 3 | 0 | 5 (4-6) | 0.04 s | 11.00 s (10.00-12.00) |")
+    assert lines[2].startswith(
+        "| rabbitmq-confirms | 2 | 10,000 | 3 | 0 | 5 (4-6) | 0 | 0.04 s | 11.00 s (10.00-12.00) |"
+    )
     assert lines[2].endswith("| 20.00 s | yes | [r1], [r2] |")
 
 

@@ -150,7 +150,13 @@ def ensure_ladder(app: Celery, connection: Connection) -> None:
 def delayed_depth(app: Celery) -> int:
     """How many messages wait in the ladder (for every queue of the virtual host). The levels are
     read from the entry down: a message only ever moves to a shorter level, so one that moves while
-    they are read one by one is counted (at most twice), never missed as it would be read upwards."""
+    they are read one by one is counted (at most twice), never missed as it would be read upwards.
+
+    A passive declare reports a queue's *ready* messages only: a dead letter a quorum ladder queue
+    holds but cannot forward (rabbitmq-server#12625: it counts in the queue's total, not in ready or
+    unacked) is not counted here. Only the broker's own totals (rabbitmqctl / the management API's
+    ``messages``, figures a quorum queue publishes on a timer) show it, and they are not reachable
+    over AMQP: the ``delayed`` chaos scenario records them beside this count (``held_*``)."""
     with app.connection_for_write() as connection:
         ensure_ladder(app, connection)
         channel = connection.channel()
