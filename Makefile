@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 
 # Everything CI runs: the gates, the whole suite on the default driver (containers when Docker
 # answers), then the broker-backed integration tests once more on local broker processes.
+# --durations: the CI log shows where the time goes.
 test: venv lint
-	$(PYTEST) tests -m "not slow"
-	BROKERSTACK_TEST_DRIVER=process $(PYTEST) tests/integration -m "integration and not slow"
+	$(PYTEST) tests -m "not slow" --durations=30
+	BROKERSTACK_TEST_DRIVER=process $(PYTEST) tests/integration -m "integration and not slow" --durations=30
 
 # The gates (configured in pyproject.toml): lint, formatting, types. `make format` fixes the first two.
 lint: venv

@@ -36,6 +36,18 @@ CONFIG_CHECK = "config-check"
 MONITORING_PORT_VARIABLES = ("PROMETHEUS_PORT", "ALERTMANAGER_PORT", "GRAFANA_PORT")
 #: The image tag the tests build and run, apart from a developer's brokerstack:local.
 TEST_IMAGE = "brokerstack:compose-test"
+#: Services of the profile ``monitoring`` (``dashboards`` adds grafana-check and grafana).
+MONITORING_SERVICES = ("task-exporter", "redis-exporter", "prometheus", "alertmanager")
+#: What the shared test stacks (tests/compose/conftest.py) run the profile ``monitoring`` with:
+#: short on purpose, so that test_monitoring's alert fires within seconds (scrape/evaluate
+#: interval, every rule's ``for:``, the task exporter's polls). The shipped rules are checked as
+#: they are (promtool).
+MONITORING_TEST_ENV = {
+    "COMPOSE_PROFILES": "monitoring",
+    "PROMETHEUS_SCRAPE_INTERVAL": "2s",
+    "PROMETHEUS_ALERT_FOR": "4s",
+    "EXPORTER_POLL_INTERVAL": "5",
+}
 
 
 @dataclass(frozen=True)
@@ -246,19 +258,34 @@ class ComposeStack:
         out = subprocess.run(["docker", "inspect", ids[0]], capture_output=True, text=True, timeout=60, check=True)
         return json.loads(out.stdout)[0]
 
+    def inspect_services(self, services: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """``docker inspect`` of each service's first container, in one ``compose ps`` and one
+        ``docker inspect`` (two docker commands per service took seconds per look on a loaded
+        2-core machine, and health is polled)."""
+        ids = self.compose("ps", "--all", "--quiet", timeout=60).stdout.split()
+        # A one-off (`compose run --rm`) container may go between the two: inspect prints the rest.
+        out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, timeout=60, check=False)
+        found: dict[str, dict[str, Any]] = {}
+        infos = json.loads(out.stdout) if out.stdout.strip() else []
+        for info in sorted(infos, key=lambda i: int(i["Config"]["Labels"].get(_CONTAINER_NUMBER, "0"))):
+            labels = info["Config"]["Labels"]
+            if labels.get(_ONE_OFF) != "True":
+                found.setdefault(labels.get(_SERVICE, ""), info)
+        if missing := [service for service in services if service not in found]:
+            raise ComposeError(f"no container for services {missing}")
+        return {service: found[service] for service in services}
+
     def health(self, service: str) -> str:
-        state = self.inspect(service)["State"]
-        if not state["Running"]:
-            return state["Status"]
-        return state.get("Health", {}).get("Status", "running")
+        return _health(self.inspect(service))
 
     def all_healthy(self) -> bool:
-        return all(self.health(service) == "healthy" for service in self.spec.services)
+        infos = self.inspect_services(self.spec.services)
+        return all(_health(info) == "healthy" for info in infos.values())
 
     def healthy_seconds_after_create(self) -> dict[str, float]:
         """Per service: seconds from the first container's creation to its first passing
         healthcheck (from docker's health log, which keeps the last five checks)."""
-        infos = {service: self.inspect(service) for service in self.spec.services}
+        infos = self.inspect_services(self.spec.services)
         first_created = min(_timestamp(info["Created"]) for info in infos.values())
         healthy_at: dict[str, float] = {}
         for service, info in infos.items():
@@ -272,11 +299,10 @@ class ComposeStack:
     def restart_fingerprint(self, services: tuple[str, ...] = APP_SERVICES) -> dict[str, tuple[str, str, int]]:
         """Container id, start time and restart count per service: equal before and after means
         nobody (neither docker's restart policy nor the test) restarted it."""
-        fingerprint = {}
-        for service in services:
-            info = self.inspect(service)
-            fingerprint[service] = (info["Id"], info["State"]["StartedAt"], info["RestartCount"])
-        return fingerprint
+        return {
+            service: (info["Id"], info["State"]["StartedAt"], info["RestartCount"])
+            for service, info in self.inspect_services(services).items()
+        }
 
     # --- clients ------------------------------------------------------------------------------
 
@@ -314,6 +340,20 @@ class ComposeStack:
         }
         path.write_text(json.dumps(body | self.record, indent=2) + "\n")
         return path
+
+
+#: Labels compose puts on its containers.
+_SERVICE = "com.docker.compose.service"
+_CONTAINER_NUMBER = "com.docker.compose.container-number"
+_ONE_OFF = "com.docker.compose.oneoff"
+
+
+def _health(info: dict[str, Any]) -> str:
+    """A container's health status, or its state when it does not run."""
+    state = info["State"]
+    if not state["Running"]:
+        return str(state["Status"])
+    return str(state.get("Health", {}).get("Status", "running"))
 
 
 def _timestamp(value: str) -> float:
@@ -359,3 +399,19 @@ def stack_up(spec: StackSpec, record_dir: Path, **env: str) -> Iterator[ComposeS
                 print(f"[{spec.name}] results: {stack.write_record(record_dir)}")
         finally:
             stack.down()
+
+
+def unhealthy_reasons(stack: ComposeStack, services: tuple[str, ...] = ()) -> str:
+    """The last healthcheck outputs of every service that is not healthy (for a failed ``up``)."""
+    lines = []
+    for service in (*stack.spec.services, *services):
+        try:
+            state = stack.inspect(service)["State"]
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: report and go on
+            lines.append(f"{service}: {exc}")
+            continue
+        health = state.get("Health") or {}
+        if health.get("Status", "healthy") != "healthy":
+            outputs = [entry["Output"].strip()[:200] for entry in health.get("Log", [])[-3:]]
+            lines.append(f"{service}: {health.get('Status')} {outputs}")
+    return "\n".join(lines)

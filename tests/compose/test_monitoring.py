@@ -1,12 +1,13 @@
 """Monitoring in the compose stacks (profile ``monitoring``): each stack comes up once with
-Prometheus, Alertmanager and the exporters; tasks run through the API (one fails for good) and
+Prometheus, Alertmanager and the exporters (the stack test_stacks.py then goes on with, see
+conftest.py); tasks run through the API (one fails for good) and
 Prometheus has them; every query of the Grafana dashboard (there is no Grafana image here, so its
 JSON is read and each panel's PromQL is asked of Prometheus) returns data; stopping the workers
 fires the no-worker alert. The alert rules pass ``promtool check rules``.
 
 Run with ``pytest tests/compose/test_monitoring.py -m compose``. Prometheus scrapes every 2 s and
-every rule's ``for:`` is shortened (PROMETHEUS_SCRAPE_INTERVAL, PROMETHEUS_ALERT_FOR) so that the
-alert fires within seconds; the shipped rules are checked as they are.
+every rule's ``for:`` is shortened (PROMETHEUS_SCRAPE_INTERVAL, PROMETHEUS_ALERT_FOR: stack.py's
+MONITORING_TEST_ENV) so that the alert fires within seconds; the shipped rules are checked as they are.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ from typing import Any
 import httpx
 import pytest
 
-from lab.harness.nodes.ports import free_port
 from tests.compose.stack import (
     MONITORING_PORT_VARIABLES,
+    MONITORING_SERVICES,
     REPO,
     STACKS,
     ComposeStack,
     StackSpec,
     clean_environ,
-    docker_problem,
 )
 from tests.helpers import wait_for
 from worker.topology import WORK_QUEUES
@@ -40,12 +40,6 @@ RULES_DIR = MONITORING / "prometheus" / "rules"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "brokerstack.json"
 PROMETHEUS_IMAGE = "prom/prometheus:v2.53.3"
 ALERTMANAGER_IMAGE = "prom/alertmanager:v0.28.1"
-#: Services of the profile ``monitoring`` (``dashboards`` adds grafana-check and grafana).
-MONITORING_SERVICES = ("task-exporter", "redis-exporter", "prometheus", "alertmanager")
-#: Short on purpose (see the module docstring): scrape/evaluate, rules' `for:`, exporter polls.
-SCRAPE_INTERVAL = "2s"
-ALERT_FOR = "4s"
-EXPORTER_POLL_SECONDS = "5"
 SUCCEEDING_TASKS = 6
 #: Prometheus scrape jobs of each stack; every one must be up.
 JOBS = {
@@ -54,53 +48,8 @@ JOBS = {
 }
 
 
-@pytest.fixture(scope="session")
-def docker_compose() -> None:
-    if problem := docker_problem():
-        pytest.skip(f"compose tests need a Docker engine with the compose plugin: {problem}")
-
-
-@pytest.fixture(scope="module", params=STACKS, ids=lambda spec: spec.name)
-def stack(request: pytest.FixtureRequest, docker_compose: None) -> Iterator[ComposeStack]:
-    """One stack with the monitoring profile, up and healthy for the whole module; ``down -v`` after."""
-    stack = ComposeStack.create(request.param)
-    stack.env.update({var: str(free_port()) for var in MONITORING_PORT_VARIABLES})
-    stack.env.update(
-        COMPOSE_PROFILES="monitoring",
-        PROMETHEUS_SCRAPE_INTERVAL=SCRAPE_INTERVAL,
-        PROMETHEUS_ALERT_FOR=ALERT_FOR,
-        EXPORTER_POLL_INTERVAL=EXPORTER_POLL_SECONDS,
-    )
-    try:
-        started = time.monotonic()
-        try:
-            stack.compose("up", "--detach", "--build", "--wait", "--wait-timeout", "300", timeout=900)
-        except Exception:
-            print(stack.logs(tail=40))
-            print(unhealthy_reasons(stack))
-            raise
-        print(f"\n[{stack.spec.name}] up --profile monitoring --build --wait: {time.monotonic() - started:.1f} s")
-        yield stack
-    finally:
-        # Every profile, so that down -v also removes what `run grafana-check` created.
-        stack.env["COMPOSE_PROFILES"] = "monitoring,dashboards"
-        stack.down()
-
-
-def unhealthy_reasons(stack: ComposeStack) -> str:
-    """The last healthcheck outputs of every service that is not healthy (for a failed ``up``)."""
-    lines = []
-    for service in (*stack.spec.services, *MONITORING_SERVICES):
-        try:
-            state = stack.inspect(service)["State"]
-        except Exception as exc:  # noqa: BLE001 - a diagnostic: report and go on
-            lines.append(f"{service}: {exc}")
-            continue
-        health = state.get("Health") or {}
-        if health.get("Status", "healthy") != "healthy":
-            outputs = [entry["Output"].strip()[:200] for entry in health.get("Log", [])[-3:]]
-            lines.append(f"{service}: {health.get('Status')} {outputs}")
-    return "\n".join(lines)
+# ``stack`` (one per broker with the profile ``monitoring``, shared with test_stacks.py; this
+# module's tests run first on it) and ``docker_compose`` come from conftest.py.
 
 
 @pytest.fixture
@@ -315,13 +264,20 @@ def test_stopping_the_workers_fires_the_no_worker_alert(stack: ComposeStack, pro
     wait_for(lambda: firing() == set(), 90, "no no-worker alert while the workers run", interval=1)
     stopped = time.monotonic()
     stack.compose("stop", "--timeout", "30", "worker-high", "worker-default", timeout=120)
-    wait_for(lambda: firing() == set(WORK_QUEUES), 90, "the no-worker alert to fire for every queue", interval=1)
-    print(f"[{stack.spec.name}] workers stopped -> alert firing: {time.monotonic() - stopped:.1f} s")
-    assert value(prometheus, "sum(celery_worker_up)") == 0
+    try:
+        wait_for(lambda: firing() == set(WORK_QUEUES), 90, "the no-worker alert to fire for every queue", interval=1)
+        print(f"[{stack.spec.name}] workers stopped -> alert firing: {time.monotonic() - stopped:.1f} s")
+        assert value(prometheus, "sum(celery_worker_up)") == 0
 
-    # Prometheus hands it to Alertmanager.
-    alertmanager = f"http://127.0.0.1:{stack.port('ALERTMANAGER_PORT')}/api/v2/alerts"
-    wait_for(
-        lambda: any(a["labels"]["alertname"] == "BrokerstackNoWorkerConsuming" for a in httpx.get(alertmanager).json()),
-        60, "Alertmanager to have the alert", interval=1,
-    )  # fmt: skip
+        # Prometheus hands it to Alertmanager.
+        alertmanager = f"http://127.0.0.1:{stack.port('ALERTMANAGER_PORT')}/api/v2/alerts"
+        wait_for(
+            lambda: any(
+                a["labels"]["alertname"] == "BrokerstackNoWorkerConsuming" for a in httpx.get(alertmanager).json()
+            ),
+            60, "Alertmanager to have the alert", interval=1,
+        )  # fmt: skip
+    finally:
+        # The same stack goes on to test_stacks.py's tests (conftest.py): the workers back, healthy.
+        stack.compose("start", "worker-high", "worker-default", timeout=120)
+        wait_for(stack.all_healthy, 180, "every service to be healthy again", interval=1)

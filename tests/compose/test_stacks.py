@@ -15,13 +15,13 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from lab.harness.results import results_dir
 from tests.compose.stack import (
     APP_SERVICES,
     COMPOSE_FILES_SHARED,
@@ -31,7 +31,6 @@ from tests.compose.stack import (
     ComposeStack,
     StackSpec,
     clean_environ,
-    docker_problem,
     documented_variables,
     interpolated_variables,
 )
@@ -41,7 +40,6 @@ from worker.topology import WORK_QUEUES
 
 pytestmark = pytest.mark.compose
 
-RESULTS_DIR = results_dir() / "compose"
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 #: The issue's bound for a publish while the broker is down (the API's PUBLISH_TIMEOUT is 4 s).
 UNAVAILABLE_WITHIN = 5.0
@@ -52,38 +50,8 @@ DURABLE_TASKS = 20
 CREDENTIAL_VARIABLES = ("REDIS_PASSWORD", "RABBITMQ_PASSWORD", "API_KEY", "FLOWER_PASSWORD")
 
 
-@pytest.fixture(scope="session")
-def docker_compose() -> None:
-    if problem := docker_problem():
-        pytest.skip(f"compose tests need a Docker engine with the compose plugin: {problem}")
-
-
-@pytest.fixture(scope="module", params=STACKS, ids=lambda spec: spec.name)
-def stack(request: pytest.FixtureRequest, docker_compose: None) -> Iterator[ComposeStack]:
-    """One stack, up and healthy, for all the tests of this module; always ``down -v`` after."""
-    stack = ComposeStack.create(request.param)
-    try:
-        started = time.monotonic()
-        try:
-            stack.compose("up", "--detach", "--build", "--wait", "--wait-timeout", "300", timeout=900)
-        except Exception:
-            print(stack.logs(tail=40))
-            raise
-        stack.record["up_build_wait_seconds"] = round(time.monotonic() - started, 1)
-        per_service = stack.healthy_seconds_after_create()
-        stack.record["healthy_seconds_after_first_container_created"] = per_service
-        stack.record["up_to_healthy_seconds"] = max(per_service.values(), default=None)
-        print(
-            f"\n[{stack.spec.name}] up --build --wait: {stack.record['up_build_wait_seconds']} s; "
-            f"containers created -> all healthy: {stack.record['up_to_healthy_seconds']} s {per_service}"
-        )
-        yield stack
-    finally:
-        try:
-            if stack.record:
-                print(f"[{stack.spec.name}] results: {stack.write_record(RESULTS_DIR)}")
-        finally:
-            stack.down()
+# ``stack`` (one per broker, shared with test_monitoring.py) and ``docker_compose`` come from
+# conftest.py.
 
 
 @pytest.fixture
@@ -223,7 +191,7 @@ def test_default_credentials_are_development_secrets(spec: StackSpec, docker_com
 
 def test_stack_is_up_healthy_and_production_shaped(stack: ComposeStack, api: httpx.Client) -> None:
     assert stack.all_healthy()
-    infos = {service: stack.inspect(service) for service in stack.spec.services}
+    infos = stack.inspect_services(stack.spec.services)
     # One image for the API, the workers, beat and Flower, run as a non-root user.
     assert len({infos[s]["Image"] for s in APP_SERVICES}) == 1
     for service in APP_SERVICES:
@@ -252,13 +220,21 @@ def test_production_refuses_the_development_credentials(stack: ComposeStack) -> 
         "beat": broker_variable,
         "flower": "FLOWER_PASSWORD",
     }
+    # Five one-off containers, each starting the app's Python: run side by side (one by one they
+    # took 40-90 s on a loaded 2-core machine).
+    with ThreadPoolExecutor(max_workers=len(expected) + 1) as pool:
+        runs = {
+            service: pool.submit(stack.compose, "run", "--rm", "--no-deps", service, check=False, timeout=120, env=env)
+            for service in (CONFIG_CHECK, *expected)
+        }
+        results = {service: run.result() for service, run in runs.items()}
     # The check `up` waits for names every development credential at once (issue 11, 6).
-    result = stack.compose("run", "--rm", "--no-deps", CONFIG_CHECK, check=False, timeout=120, env=env)
+    result = results[CONFIG_CHECK]
     messages = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("brokerstack:")]
     assert result.returncode != 0 and len(messages) == 1, (result.stdout, result.stderr)
     assert broker_variable in messages[0] and "API_KEY" in messages[0], messages[0]
     for service, variable in expected.items():
-        result = stack.compose("run", "--rm", "--no-deps", service, check=False, timeout=120, env=env)
+        result = results[service]
         output = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
         messages = [line for line in output if line.startswith("brokerstack:")]
         assert result.returncode != 0, f"{service} started with development credentials:\n{output}"
