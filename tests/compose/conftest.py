@@ -16,7 +16,6 @@ it (``pytest_runtest_teardown``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -30,8 +29,9 @@ from tests.compose.stack import (
     STACKS,
     ComposeStack,
     StackSpec,
+    bring_up,
     docker_problem,
-    unhealthy_reasons,
+    finish,
 )
 
 RESULTS_DIR = results_dir() / "compose"
@@ -60,13 +60,9 @@ def _finish(name: str) -> None:
     stack = _UP.pop(name, None)
     if stack is None:
         return
-    try:
-        if stack.record:
-            print(f"[{name}] results: {stack.write_record(RESULTS_DIR)}")
-    finally:
-        # Every profile, so that down -v also removes what `run grafana-check` created.
-        stack.env["COMPOSE_PROFILES"] = "monitoring,dashboards"
-        stack.down()
+    # Every profile, so that down -v also removes what `run grafana-check` created.
+    stack.env["COMPOSE_PROFILES"] = "monitoring,dashboards"
+    finish(stack, RESULTS_DIR)
 
 
 @pytest.fixture(scope="session")
@@ -85,14 +81,7 @@ def stack(request: pytest.FixtureRequest, docker_compose: None) -> Iterator[Comp
     stack.env.update({var: str(free_port()) for var in MONITORING_PORT_VARIABLES})
     stack.env.update(MONITORING_TEST_ENV)
     try:
-        started = time.monotonic()
-        try:
-            stack.compose("up", "--detach", "--build", "--wait", "--wait-timeout", "300", timeout=900)
-        except Exception:
-            print(stack.logs(tail=40))
-            print(unhealthy_reasons(stack, MONITORING_SERVICES))
-            raise
-        stack.record["up_build_wait_seconds"] = round(time.monotonic() - started, 1)
+        bring_up(stack, diagnose=MONITORING_SERVICES)
         stack.record["compose_profiles"] = stack.env["COMPOSE_PROFILES"]
         per_service = stack.healthy_seconds_after_create()
         stack.record["healthy_seconds_after_first_container_created"] = per_service

@@ -376,6 +376,31 @@ def _down_leftovers() -> None:
         stack.down()
 
 
+def bring_up(stack: ComposeStack, diagnose: tuple[str, ...] | None = None) -> None:
+    """``up --build --wait``, its time in the record (``up_build_wait_seconds``). If it fails: the
+    stack's logs, and with ``diagnose`` the healthcheck output of every unhealthy service (the
+    stack's own and these extra ones)."""
+    started = time.monotonic()
+    try:
+        stack.compose("up", "--detach", "--build", "--wait", "--wait-timeout", "300", timeout=900)
+    except Exception:
+        print(stack.logs(tail=40))
+        if diagnose is not None:
+            print(unhealthy_reasons(stack, diagnose))
+        raise
+    stack.record["up_build_wait_seconds"] = round(time.monotonic() - started, 1)
+
+
+def finish(stack: ComposeStack, record_dir: Path) -> None:
+    """The stack's record written to ``record_dir`` (if it has one), then ``down -v``, whatever
+    happened."""
+    try:
+        if stack.record:
+            print(f"[{stack.spec.name}] results: {stack.write_record(record_dir)}")
+    finally:
+        stack.down()
+
+
 @contextmanager
 def stack_up(spec: StackSpec, record_dir: Path, **env: str) -> Iterator[ComposeStack]:
     """``spec`` on a project, ports and credentials of its own (ComposeStack.create, then ``env``),
@@ -384,21 +409,11 @@ def stack_up(spec: StackSpec, record_dir: Path, **env: str) -> Iterator[ComposeS
     stack = ComposeStack.create(spec)
     stack.env.update(env)
     try:
-        started = time.monotonic()
-        try:
-            stack.compose("up", "--detach", "--build", "--wait", "--wait-timeout", "300", timeout=900)
-        except Exception:
-            print(stack.logs(tail=40))
-            raise
-        stack.record["up_build_wait_seconds"] = round(time.monotonic() - started, 1)
+        bring_up(stack)
         print(f"\n[{spec.name}] up --build --wait: {stack.record['up_build_wait_seconds']} s")
         yield stack
     finally:
-        try:
-            if stack.record:
-                print(f"[{spec.name}] results: {stack.write_record(record_dir)}")
-        finally:
-            stack.down()
+        finish(stack, record_dir)
 
 
 def unhealthy_reasons(stack: ComposeStack, services: tuple[str, ...] = ()) -> str:

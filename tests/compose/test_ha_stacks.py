@@ -39,7 +39,6 @@ from tests.compose.stack import (
     ComposeStack,
     StackSpec,
     clean_environ,
-    docker_problem,
     documented_variables,
     interpolated_variables,
     stack_up,
@@ -69,14 +68,8 @@ VHOST = "brokerstack"
 CLUSTER_ENTRYPOINT = REPO / "deploy" / "rabbitmq" / "cluster-entrypoint.sh"
 
 
-@pytest.fixture(scope="session")
-def docker_engine() -> None:
-    if problem := docker_problem():
-        pytest.skip(f"compose tests need a Docker engine with the compose plugin: {problem}")
-
-
 @pytest.fixture(scope="module", params=HA_STACKS, ids=lambda spec: spec.name)
-def stack(request: pytest.FixtureRequest, docker_engine: None) -> Iterator[ComposeStack]:
+def stack(request: pytest.FixtureRequest, docker_compose: None) -> Iterator[ComposeStack]:
     """One HA stack, up and healthy, for all the tests of this module; always ``down -v`` after."""
     with stack_up(
         request.param,
@@ -146,7 +139,7 @@ def everything_but(stack: ComposeStack, *services: str) -> tuple[str, ...]:
 
 
 @pytest.mark.parametrize("spec", HA_STACKS, ids=lambda spec: spec.name)
-def test_config_validates_and_is_production_shaped(spec: StackSpec, docker_engine: None, tmp_path: Path) -> None:
+def test_config_validates_and_is_production_shaped(spec: StackSpec, docker_compose: None, tmp_path: Path) -> None:
     config, stderr = config_json(spec, clean_environ() | {"BROKERSTACK_ENV_FILE": str(tmp_path / "none")})
     assert stderr == "", f"docker compose config printed warnings:\n{stderr}"
     services = config["services"]
@@ -192,7 +185,7 @@ def test_config_validates_and_is_production_shaped(spec: StackSpec, docker_engin
 
 
 @pytest.mark.parametrize("spec", HA_STACKS, ids=lambda spec: spec.name)
-def test_every_published_port_is_overridable(spec: StackSpec, docker_engine: None, tmp_path: Path) -> None:
+def test_every_published_port_is_overridable(spec: StackSpec, docker_compose: None, tmp_path: Path) -> None:
     overrides = {var: str(41000 + index) for index, var in enumerate(spec.port_variables)}
     config, stderr = config_json(spec, clean_environ() | overrides | {"BROKERSTACK_ENV_FILE": str(tmp_path / "none")})
     assert stderr == ""
@@ -234,7 +227,9 @@ def scrape_hosts(config: dict[str, Any]) -> dict[str, set[str]]:
 
 
 @pytest.mark.parametrize("spec", HA_STACKS, ids=lambda spec: spec.name)
-def test_monitoring_is_wired_as_in_the_single_node_stacks(spec: StackSpec, docker_engine: None, tmp_path: Path) -> None:
+def test_monitoring_is_wired_as_in_the_single_node_stacks(
+    spec: StackSpec, docker_compose: None, tmp_path: Path
+) -> None:
     """The ``monitoring`` / ``dashboards`` profiles add the single-node stacks' services, Prometheus
     loads this stack's config, and every host that config scrapes is a service of the stack."""
     default = profile_services(spec, tmp_path)
@@ -277,7 +272,7 @@ def test_monitoring_is_wired_as_in_the_single_node_stacks(spec: StackSpec, docke
 
 
 @pytest.mark.parametrize("spec", HA_STACKS, ids=lambda spec: spec.name)
-def test_default_credentials_are_development_secrets(spec: StackSpec, docker_engine: None, tmp_path: Path) -> None:
+def test_default_credentials_are_development_secrets(spec: StackSpec, docker_compose: None, tmp_path: Path) -> None:
     """What ``up`` uses when nothing is set is exactly what production refuses."""
     config, _ = config_json(spec, clean_environ() | {"BROKERSTACK_ENV_FILE": str(tmp_path / "none")})
     services = config["services"]
