@@ -42,7 +42,9 @@ POOLS = ("solo", "threads", "prefork", "gevent")
 
 
 def bench(
-    setups: list[str] = typer.Option(None, "--setup", "-s", help="a setup to run (repeatable; default: all six)"),
+    setups: list[str] = typer.Option(
+        None, "--setup", "-s", help="a setup to run (repeatable; default: the six single-node setups)"
+    ),
     quick: bool = typer.Option(False, "--quick", help="small sizes: checks that every record is complete, not speeds"),
     tasks: int = typer.Option(None, "--tasks", "-n", min=10, help="tasks per pool backlog and raw-client messages"),
     as_json: bool = typer.Option(False, "--json", help="print the records as one JSON array on stdout"),
@@ -76,9 +78,9 @@ def bench(
     """Measure every broker setup: raw client ceiling, end to end per worker pool, the API under load,
     broker resources. Exits 1 if a setup could not be measured completely."""
     from lab.experiments.bench import BenchParams, run_bench
-    from lab.harness.setups import SETUPS, get_setup
+    from lab.harness.setups import BENCHED_SETUPS, get_setup
 
-    names = list(setups or SETUPS)
+    names = list(setups or BENCHED_SETUPS)
     try:
         chosen = [get_setup(name) for name in names]
     except ValueError as exc:

@@ -309,6 +309,12 @@ SETUPS: dict[str, Setup] = {
 }
 
 
+#: The setups ``brokerstack bench`` measures by default: each runs on one broker node. The
+#: high-availability groups (Sentinel, 3-node clusters) are measured by the failover and partition
+#: scenarios only; a bench of them would measure one node of the group, i.e. another row's setup.
+BENCHED_SETUPS: tuple[str, ...] = tuple(name for name, s in SETUPS.items() if set(s.scenarios) != set(HA_SCENARIOS))
+
+
 def get_setup(name: str) -> Setup:
     try:
         return SETUPS[name]

@@ -185,3 +185,29 @@ def test_bench_prints_a_line_per_drain_on_stderr_and_only_the_records_on_stdout(
         "redis-everysec: [2/3, 2 s] peers: celery_defaults, repetition 2/2: 92.0 tasks/s",
     ]
     assert "drained" not in outcome.stderr
+
+
+def test_bench_by_default_measures_each_single_node_setup_and_no_high_availability_group(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The default run is what ``make measure`` publishes: one record per single-node setup. A
+    Sentinel group or a 3-node cluster is measured by the failover and partition scenarios; a
+    bench of one of its nodes would only repeat another setup's row."""
+    measured: list[str] = []
+
+    def run_bench(setup: Any, params: Any, *, driver: Any, progress: Any, results: Any) -> dict[str, Any]:
+        measured.append(setup.name)
+        return {"setup": setup.name, "status": "completed", "errors": []}
+
+    monkeypatch.setattr(bench, "run_bench", run_bench)
+    monkeypatch.setattr(bench_cli, "_check_can_run", lambda driver, brokers: "process")
+    outcome = CliRunner().invoke(services.cli.app, ["bench", "--results-dir", str(tmp_path)], catch_exceptions=False)
+    assert outcome.exit_code == 0, outcome.output
+    assert measured == [
+        "redis-volatile",
+        "redis-everysec",
+        "redis-always",
+        "rabbitmq-confirms",
+        "rabbitmq-noconfirm",
+        "rabbitmq-quorum",
+    ]
