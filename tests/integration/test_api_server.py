@@ -39,4 +39,10 @@ def test_many_uvicorn_workers_answer_without_nagle_delays(tmp_path):
                 durations.append(time.perf_counter() - started)
     finally:
         server.stop(timeout=15)
-    assert statistics.median(durations) < 0.02, f"median {statistics.median(durations) * 1000:.1f} ms"
+    # Nagle's wait is in every response (~44 ms each, measured with the option left off); a busy
+    # machine slows some. So the fastest quarter tells the two apart where the median may not.
+    fastest_quarter = sorted(durations)[len(durations) // 4]
+    assert fastest_quarter < 0.02, (
+        f"a quarter of the responses took {fastest_quarter * 1000:.1f} ms or less, "
+        f"the median {statistics.median(durations) * 1000:.1f} ms"
+    )

@@ -32,7 +32,7 @@ from lab.harness.nodes.config import (
     render_redis_conf,
 )
 from lab.harness.nodes.docker import _owner_gone, owner_token
-from lab.harness.nodes.ports import RESERVED_PORTS, port_is_free
+from lab.harness.nodes.ports import PORT_RANGE_ENV, RESERVED_PORTS, port_is_free
 from lab.harness.nodes.process import OWNER_FILE, _is_wrapper
 
 
@@ -269,6 +269,19 @@ def test_free_ports_are_distinct_bindable_and_not_reserved() -> None:
     assert len(set(ports)) == len(ports)
     assert not set(ports) & RESERVED_PORTS
     assert all(port_is_free(port) for port in ports)
+
+
+def test_free_ports_stay_in_the_range_the_environment_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PORT_RANGE_ENV, "26000-26099")
+    ports = [free_port() for _ in range(20)]
+    assert all(26000 <= port <= 26099 for port in ports), ports
+
+
+@pytest.mark.parametrize("value", ["26000", "26000-x", "26099-26000", "80-90"])
+def test_a_malformed_port_range_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(PORT_RANGE_ENV, value)
+    with pytest.raises(ValueError, match=PORT_RANGE_ENV):
+        free_port()
 
 
 # -- polling ---------------------------------------------------------------

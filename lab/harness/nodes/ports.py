@@ -10,6 +10,7 @@ and checked by binding; binding port 0 is only the fallback.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -21,6 +22,11 @@ RESERVED_PORTS: frozenset[int] = frozenset({4369, 5671, 5672, 6379, 15672, 15692
 #: Range searched for ports; it stays below Linux's default ephemeral range
 #: (32768-60999) and above most well-known service ports.
 PORT_RANGE: tuple[int, int] = (20000, 32000)
+
+#: Narrows PORT_RANGE to ``LOW-HIGH``: two test runs side by side (``make test``'s two passes) each
+#: take their own part, so that neither can take the port of a broker the other has stopped and is
+#: about to start again on the same port.
+PORT_RANGE_ENV = "BROKERSTACK_PORT_RANGE"
 
 #: Random candidates tried before falling back to a kernel-chosen port.
 MAX_ATTEMPTS = 200
@@ -54,11 +60,25 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+def port_range() -> tuple[int, int]:
+    """PORT_RANGE, or the range ``BROKERSTACK_PORT_RANGE`` gives; a malformed one is refused."""
+    raw = os.environ.get(PORT_RANGE_ENV, "").strip()
+    if not raw:
+        return PORT_RANGE
+    try:
+        low, high = (int(part) for part in raw.split("-"))
+    except ValueError:
+        raise ValueError(f"{PORT_RANGE_ENV}={raw!r}: give LOW-HIGH, e.g. 20000-25999") from None
+    if not 1024 <= low < high <= 65535:
+        raise ValueError(f"{PORT_RANGE_ENV}={raw!r}: need 1024 <= LOW < HIGH <= 65535")
+    return low, high
+
+
 def free_port() -> int:
     """A TCP port that is free now, was not handed out before by this process,
     and lies outside the ephemeral range when possible."""
     eph_low, eph_high = _ephemeral_range()
-    low, high = PORT_RANGE
+    low, high = port_range()
     with _lock:
         for _ in range(MAX_ATTEMPTS):
             port = random.randint(low, high)
