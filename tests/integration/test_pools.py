@@ -41,6 +41,12 @@ REDIS_PRIORITY_SEP = "\x06\x16"
 TASKS = 30
 #: Long enough to be running when SIGTERM arrives, short enough for a warm shutdown to wait for.
 RUNNING_TASK_SECONDS = 2.0
+#: A backlog for a green pool of GREEN_CONCURRENCY (its prefetch window), and how long draining it
+#: may take: a loop that refills the window only at its 2 s poll timeout needs 2 s per window (40 s
+#: here); refilled as tasks finish, it takes a second or two.
+GREEN_BACKLOG = 200
+GREEN_CONCURRENCY = 10
+GREEN_DRAIN_LIMIT = 15.0
 
 HAS_GEVENT = importlib.util.find_spec("gevent") is not None
 
@@ -177,3 +183,25 @@ def test_pool_runs_acks_at_once_and_shuts_down_warm(
     # More ready than PENDING: a task that ran was given back as well, and would run twice.
     tail = "\n".join(worker.logs().splitlines()[-40:])
     assert ready == states.count("PENDING"), f"{ready} ready in the broker, task states {states}; worker log:\n{tail}"
+
+
+@pytest.mark.skipif(not HAS_GEVENT, reason="gevent is an extra: pip install -e '.[gevent]'")
+def test_a_green_pool_refills_its_prefetch_window_as_tasks_finish(
+    settings: Settings, start_worker: Callable[..., CeleryWorker], look: BrokerLook
+) -> None:
+    """gevent runs Celery's loop without a hub: its acks free the prefetch window without waking
+    the loop's poll, so a transport that fills the window in one fetch must look again soon."""
+    from worker.celery_app import create_celery
+
+    app = create_celery(settings, producer_only=True)
+    try:
+        for _ in range(GREEN_BACKLOG):
+            app.send_task("worker.tasks.tools.noop", ignore_result=True)
+    finally:
+        app.close()
+    assert look.counts()[0] == GREEN_BACKLOG
+    started = time.monotonic()
+    start_worker(settings, pool="gevent", concurrency=GREEN_CONCURRENCY)
+    wait_for(lambda: look.counts() == (0, 0), 60, f"a backlog of {GREEN_BACKLOG} to drain")
+    took = time.monotonic() - started
+    assert took < GREEN_DRAIN_LIMIT, f"{GREEN_BACKLOG} no-ops took {took:.1f} s on gevent -c {GREEN_CONCURRENCY}"

@@ -95,6 +95,13 @@ DELAYED_RING = "d"
 #: block for ever.
 MIN_WAIT = 0.01
 
+#: Green pools (gevent, eventlet) run Celery's loop without a hub: it polls the consumer's sockets
+#: for up to 2 s, and an ack made in a task's greenlet frees a slot of the prefetch window without
+#: waking that poll. One fetch fills the whole window, so a backlog went at one window per 2 s (50
+#: tasks/s with --concurrency 100, measured by ``brokerstack bench``). While a window is full the
+#: poll waits at most this long, so a freed slot is filled again within it.
+WINDOW_FULL_WAIT = 0.01
+
 #: The transport's priority orders (REDIS_PRIORITY_ORDER): which end of 0..9 is urgent.
 PRIORITY_ORDERS = ("brokerstack", "kombu")
 
@@ -610,7 +617,26 @@ class SentinelChannel(BrokerstackChannel, kombu_redis.SentinelChannel):
     connection_class_ssl = SentinelTLSConnection  # type: ignore[assignment]  # kombu types it as its own class
 
 
-class Transport(kombu_redis.Transport):
+class WindowPoller(kombu_redis.MultiChannelPoller):
+    """kombu's poller, whose blocking get (the loop of green pools) waits at most WINDOW_FULL_WAIT
+    while a consuming channel's prefetch window is full. Event-loop pools never call get: their
+    acks wake the hub."""
+
+    def get(self, callback: Any, timeout: float | None = None) -> Any:
+        if any(channel.active_queues and not channel.qos.can_consume() for channel in self._channels):
+            timeout = WINDOW_FULL_WAIT if timeout is None else min(timeout, WINDOW_FULL_WAIT)
+        return super().get(callback, timeout=timeout)
+
+
+class _WindowPollerMixin:
+    cycle: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = WindowPoller()
+
+
+class Transport(_WindowPollerMixin, kombu_redis.Transport):
     Channel = Channel
     # A node that will not take writes (READONLY, NOREPLICAS, MASTERDOWN) is a lost connection to
     # the consumer: it reconnects (through Sentinel, to the primary of now) instead of exiting with
@@ -618,6 +644,6 @@ class Transport(kombu_redis.Transport):
     connection_errors = (*kombu_redis.Transport.connection_errors, *UNWRITABLE_ERRORS)
 
 
-class SentinelTransport(kombu_redis.SentinelTransport):
+class SentinelTransport(_WindowPollerMixin, kombu_redis.SentinelTransport):
     Channel = SentinelChannel
     connection_errors = Transport.connection_errors
