@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from collections.abc import Iterable
@@ -147,7 +148,13 @@ def _is_default(row: dict[str, Any]) -> bool:
 
 
 def ratio(value: Any) -> str:
-    return DASH if value is None else f"{value:.2f}"
+    """Two decimals; a ratio that would read 0.00 or 0.01 (e.g. against a batched ceiling) keeps
+    two significant digits instead, so it never reads as zero."""
+    if value is None:
+        return DASH
+    if 0 < abs(value) < 0.01:
+        return f"{value:.{1 - math.floor(math.log10(abs(value)))}f}"
+    return f"{value:.2f}"
 
 
 def mib(value: Any) -> str:
@@ -671,6 +678,9 @@ class Report:
                 rows,
             ),
         ]
+        if self.src.bench_unpublished:
+            text += ["", "Not shown, for being below the published size:", ""]
+            text += [f"- {line}" for line in self.src.bench_unpublished]
         if throughput_png:
             text += ["", f"![throughput per setup]({self._rel(throughput_png)})"]
         text += ["", self.transports()]

@@ -14,6 +14,7 @@ from typing import Any
 
 from lab.experiments.bench.records import READABLE_SCHEMAS as BENCH_SCHEMAS
 from lab.experiments.bench.records import BenchRecord, read_record
+from lab.experiments.bench.runner import BenchParams
 from lab.experiments.chaos.record import load_records as load_chaos_records
 from lab.experiments.chaos.record import record_mode, record_size, record_transport
 from lab.harness.results import (
@@ -56,6 +57,8 @@ class Sources:
     cited: dict[str, Source] = field(default_factory=dict)
     #: Chaos records left out for being below the published size (one line each, for a warning).
     unpublished: list[str] = field(default_factory=list)
+    #: Bench records left out for the same reason, a line each for the speed section.
+    bench_unpublished: list[str] = field(default_factory=list)
 
     #: Labels of the typed records (which carry no ``_label`` key), by identity.
     _labels: dict[int, str] = field(default_factory=dict)
@@ -90,7 +93,8 @@ class Sources:
 def load_sources(root: Path, *, min_chaos_tasks: int = 0) -> Sources:
     sources = Sources(root=root)
     sources.chaos = load_chaos_records(root, latest_only=True, keep=_published(min_chaos_tasks, sources.unpublished))
-    sources.bench, sources.bench_peers = _latest_bench(root)
+    sources.bench, sources.bench_peers = _latest_bench(root, sources.bench_unpublished if min_chaos_tasks else None)
+    sources.unpublished += sources.bench_unpublished
     sources.priority = _json_records(root / "priority", (PRIORITY_SCHEMA,))
     sources.label_all()
     return sources
@@ -133,11 +137,13 @@ def _json_records(directory: Path, schemas: tuple[str, ...]) -> list[dict[str, A
     return records
 
 
-def _latest_bench(root: Path) -> tuple[list[BenchRecord], list[BenchRecord]]:
+def _latest_bench(root: Path, skipped: list[str] | None = None) -> tuple[list[BenchRecord], list[BenchRecord]]:
     """One completed bench record per setup and driver, read as the current schema: a full run
     before a quick one, then one that compared both Redis transports, then the newest; and, apart,
     the one whose peers the speed section leads with (a full run first, then the newest). A run
-    of the peers alone (``--section peers``) is only ever the second."""
+    of the peers alone (``--section peers``) is only ever the second. With ``skipped`` (a report
+    of the published size), a record whose drains are not the published repetitions is left out
+    and named there."""
     best: dict[tuple[str, str], BenchRecord] = {}
     peers: dict[tuple[str, str], BenchRecord] = {}
     for raw in _json_records(root / "bench", BENCH_SCHEMAS):
@@ -152,10 +158,27 @@ def _latest_bench(root: Path) -> tuple[list[BenchRecord], list[BenchRecord]]:
                 peers[key] = record
         if record.end_to_end is None:
             continue
+        if skipped is not None and (why := _below_published_bench(record)):
+            skipped.append(f"bench {record.setup} ({record.driver}, run {record.run_id} of {record.started_at}): {why}")
+            continue
         current = best.get(key)
         if current is None or _bench_rank(record) > _bench_rank(current):
             best[key] = record
     return [best[key] for key in sorted(best)], [peers[key] for key in sorted(peers)]
+
+
+def _below_published_bench(record: BenchRecord) -> str | None:
+    """Why a bench record cannot stand for its setup in the published report, or None: every
+    published figure is the median of ``make measure``'s repetitions, with their range."""
+    published = BenchParams().repeats
+    if record.mode != "full":
+        return f"a --{record.mode} run (small sizes, not speeds)"
+    if record.repeats < published:
+        return (
+            f"{record.repeats} drain(s) per pool, not the median of {published} "
+            f"(measure again: brokerstack bench --setup {record.setup})"
+        )
+    return None
 
 
 def _peers_rank(record: BenchRecord) -> tuple[bool, str]:

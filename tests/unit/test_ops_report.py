@@ -14,6 +14,9 @@ from lab.report import Report, load_sources
 from lab.report.render import PUBLISHED_MIN_CHAOS_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
+#: Bench records as schema /1 wrote them (one drain per pool, the one-message ceiling), frozen here:
+#: the published ones in results/ are measured again and change.
+V1_BENCH = REPO / "tests" / "data" / "bench"
 DOC = REPO / "docs" / "ops-comparison.md"
 
 
@@ -100,7 +103,7 @@ def _bench_v2(root: Path, *, started_at: str = "2026-02-01T00:00:00Z") -> Path:
     from lab.experiments.bench import SCHEMA, transport_comparison
     from lab.experiments.bench.records import upgrade_record
 
-    record = upgrade_record(json.loads((REPO / "results" / "bench" / "redis-everysec-docker.json").read_text()))
+    record = upgrade_record(json.loads((V1_BENCH / "redis-everysec-docker-v1.json").read_text()))
     record.pop("read_as", None)
     rates = {
         "brokerstack": {"solo": (900, 880, 920), "threads": (600, 560, 640), "gevent": (700, 690, 710)},
@@ -149,8 +152,9 @@ def test_bench_v2_puts_the_redis_transports_side_by_side_with_medians_and_ranges
 
 def test_a_v1_bench_record_renders_as_one_run_without_range(tmp_path: Path):
     (tmp_path / "bench").mkdir()
-    committed = REPO / "results" / "bench" / "redis-everysec-docker.json"
-    (tmp_path / "bench" / committed.name).write_text(committed.read_text())
+    (tmp_path / "bench" / "redis-everysec-docker.json").write_text(
+        (V1_BENCH / "redis-everysec-docker-v1.json").read_text()
+    )
     text = Report(load_sources(tmp_path), tmp_path / "doc.md", tmp_path / "img", draw_charts=False).render()
     assert "1 (one run, no range)" in text
     assert "No benchmark record compares brokerstack's Redis transport with kombu's yet" in text
@@ -201,7 +205,7 @@ def test_brokers_whose_ranges_overlap_are_not_ranked(tmp_path: Path):
     from lab.experiments.bench.records import upgrade_record
 
     _bench_v2(tmp_path)  # Redis: best fire-and-forget is solo, 900/s [880-920]
-    record = upgrade_record(json.loads((REPO / "results" / "bench" / "rabbitmq-confirms-docker.json").read_text()))
+    record = upgrade_record(json.loads((V1_BENCH / "rabbitmq-confirms-docker-v1.json").read_text()))
     record.pop("read_as", None)
     record["schema"] = SCHEMA
     record["end_to_end"]["repeats"] = 3
@@ -216,3 +220,33 @@ def test_brokers_whose_ranges_overlap_are_not_ranked(tmp_path: Path):
     assert "900/s [880-920]" in fire_and_forget and "890/s [850-910]" in fire_and_forget
     # The defaults' ranges (Redis 220-230, RabbitMQ 190-210) do not overlap: that one is ranked.
     assert "(Redis ahead)" in defaults and "200/s [190-210]" in defaults, bullet
+
+
+def test_the_published_report_leaves_out_a_bench_record_of_one_drain_and_says_so(tmp_path: Path):
+    """A published figure is a median with its range: a /1 record (one drain per pool) does not
+    stand for its setup there, whatever it measured; a report of one's own runs still shows it."""
+    _bench_v2(tmp_path)  # redis-everysec: 3 drains per pool
+    (tmp_path / "bench" / "rabbitmq-confirms-docker.json").write_text(
+        (V1_BENCH / "rabbitmq-confirms-docker-v1.json").read_text()
+    )
+    published = load_sources(tmp_path, min_chaos_tasks=5000)
+    assert [r.setup for r in published.bench] == ["redis-everysec"]
+    [line] = published.bench_unpublished
+    assert line.startswith("bench rabbitmq-confirms (docker, run f3e080f8")
+    assert "1 drain(s) per pool, not the median of 3" in line
+    assert "brokerstack bench --setup rabbitmq-confirms" in line
+    assert line in published.unpublished
+    text = Report(published, tmp_path / "doc.md", tmp_path / "img", draw_charts=False).render()
+    speed = text.split("### Throughput against the raw client ceiling", 1)[1].split("\n### ", 1)[0]
+    assert f"- {line}" in speed and "| rabbitmq-confirms |" not in speed
+    everything = load_sources(tmp_path, min_chaos_tasks=0)
+    assert sorted(r.setup for r in everything.bench) == ["rabbitmq-confirms", "redis-everysec"]
+    assert not everything.bench_unpublished
+
+
+def test_a_small_ratio_keeps_two_significant_digits_instead_of_reading_zero():
+    from lab.report.render import ratio
+
+    # A worker against the batched ceiling: ~940/s over ~219,000/s.
+    assert ratio(940 / 218_843) == "0.0043"
+    assert ratio(0.5) == "0.50" and ratio(0.0) == "0.00" and ratio(None) == "—"
