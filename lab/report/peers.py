@@ -13,6 +13,7 @@ from typing import Any
 
 from lab.experiments.bench.peers import GOALS
 from lab.experiments.bench.records import BenchRecord, PeerGoal, PeersSection, PeerSystem, Rate
+from lab.experiments.bench.stats import NO_DIFFERENCE, UNKNOWN, compare
 from lab.report.sources import Sources
 from lab.report.task_cost import load_task_cost, total
 
@@ -97,6 +98,7 @@ def peers_table(sources: Sources) -> str:
         if r.machine.load_average_at_start
     ]
     bounds = _bounds(sources, records)
+    agreement = _agreement(sources, records)
     text = [
         "### brokerstack beside what users would otherwise run",
         "",
@@ -111,9 +113,52 @@ def peers_table(sources: Sources) -> str:
         "",
         *lines,
     ]
+    if agreement:
+        text += ["", *agreement]
     if bounds:
         text += ["", *bounds]
     return "\n".join(text)
+
+
+#: The peers' brokerstack rows that the throughput table drains too (same pool and concurrency):
+#: whether it is the drain with brokerstack's defaults.
+SAME_DRAINS = {"brokerstack_defaults": True, "brokerstack_fire_and_forget": False}
+
+
+def _agreement(sources: Sources, records: list[BenchRecord]) -> list[str]:
+    """Each brokerstack row beside the throughput table's drain of the same pool and configuration
+    (the setup's published bench record): whether the two runs agree within their ranges."""
+    published = {(r.setup, r.driver): r for r in sources.bench}
+    lines: list[str] = []
+    for record in records:
+        full, peers = published.get((record.setup, record.driver)), record.peers
+        if full is None or peers is None:
+            continue
+        for key, defaults in SAME_DRAINS.items():
+            entry = peers.systems.get(key)
+            here, there = (entry.consume if entry else None), None
+            if entry is not None and entry.pool and entry.concurrency == full.parameters.get("concurrency"):
+                there = full.drain(entry.pool, defaults=defaults)
+            if here is None or there is None or not here.per_s or not there.per_s:
+                continue
+            verdict = compare(("here", here.to_dict()), ("there", there.to_dict()))["verdict"]
+            agree = (
+                "the ranges overlap: no difference"
+                if verdict == NO_DIFFERENCE
+                else "the runs differ beyond their ranges (compare within a table)"
+                if verdict != UNKNOWN
+                else "one run on a side: no range to compare by"
+            )
+            lines.append(
+                f"- {record.setup}, {_system_label(key, [peers]).replace('**', '')}: {_spread(here)} here "
+                f"({_count(peers.tasks)} tasks, {sources.cite(record)}), {_spread(there)} in the throughput "
+                f"table ({_count(full.end_to_end.tasks if full.end_to_end else None)} tasks, {sources.cite(full)}): "
+                f"{agree}."
+            )
+    if lines:
+        lines.insert(0, "The same drains of brokerstack in the throughput table below, measured in its own run:")
+        lines.insert(1, "")
+    return lines
 
 
 def _bounds(sources: Sources, records: list[BenchRecord]) -> list[str]:
@@ -167,6 +212,10 @@ def _backend_wait(worker: dict[str, Any], trip_ms: float | None) -> str:
         return f"{commands:.1f} result-backend commands (round trips not counted in this profile)"
     waits = f", at least {trips * trip_ms:.2f} ms of waiting at {trip_ms:.3f} ms a round trip" if trip_ms else ""
     return f"{trips:.1f} result-backend round trips ({commands:.1f} commands, counting those a script ran{waits})"
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
 
 
 def _ms(value: float | None) -> str:

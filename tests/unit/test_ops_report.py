@@ -250,3 +250,24 @@ def test_a_small_ratio_keeps_two_significant_digits_instead_of_reading_zero():
     # A worker against the batched ceiling: ~940/s over ~219,000/s.
     assert ratio(940 / 218_843) == "0.0043"
     assert ratio(0.5) == "0.50" and ratio(0.0) == "0.00" and ratio(None) == "—"
+
+
+def test_the_peers_table_says_whether_its_brokerstack_drains_agree_with_the_throughput_table(tmp_path: Path):
+    """The peers table and the throughput table both drain brokerstack on prefork -c 2, in separate
+    runs: the report puts the two figures side by side and judges them by their ranges."""
+    path = _bench_v2(tmp_path)
+    record = json.loads(path.read_text())
+    record["parameters"]["concurrency"] = 2
+    prefork = {"consume": _rate(600, 580, 620), "defaults": {"consume": _rate(320, 300, 330)}}
+    record["end_to_end"]["pools"]["prefork"] = prefork
+    path.write_text(json.dumps(record))
+    peers = V1_BENCH / "redis-everysec-docker-peers.json"  # defaults 311 (308-326), f&f 506 (480-555)
+    (tmp_path / "bench" / peers.name).write_text(peers.read_text())
+    text = Report(load_sources(tmp_path), tmp_path / "doc.md", tmp_path / "img", draw_charts=False).render()
+    lines = [line for line in text.splitlines() if line.startswith("- ") and "in the throughput table" in line]
+    assert len(lines) == 2, lines
+    defaults, fire_and_forget = lines
+    assert "its defaults" in defaults and "311 (308-326) here (3,000 tasks" in defaults
+    assert "320 (300-330) in the throughput table" in defaults and defaults.endswith("no difference.")
+    assert "fire-and-forget" in fire_and_forget and "600 (580-620) in the throughput table" in fire_and_forget
+    assert fire_and_forget.endswith("the runs differ beyond their ranges (compare within a table).")
