@@ -182,6 +182,8 @@ def test_waiting_on_another_runs_claim_leaves_the_retry_budget_to_the_task(setti
         wait_for(waited_past_the_budget, 60, "the delivery to wait on the claim more often than it may retry")
         client.delete(key)  # the other run's body raised: its claim is released
         wait_for(lambda: app.AsyncResult(task_id).state == "FAILURE", 60, "the task to fail for good")
+        # The ledger's finish event is written after the state is stored: on a busy machine, later.
+        wait_for(lambda: _finishes(client, run, task_id, "FAILURE"), 30, "the ledger to record the failure")
     finally:
         outbox.set_switch(MAIL_SERVER_DOWN, False)
         app.close()
