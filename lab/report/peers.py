@@ -155,10 +155,7 @@ def _agreement(sources: Sources, records: list[BenchRecord]) -> list[str]:
                 f"table ({_count(full.end_to_end.tasks if full.end_to_end else None)} tasks, {sources.cite(full)}): "
                 f"{agree}."
             )
-    if lines:
-        lines.insert(0, "The same drains of brokerstack in the throughput table below, measured in its own run:")
-        lines.insert(1, "")
-    return lines
+    return _headed("The same drains of brokerstack in the throughput table below, measured in its own run:", lines)
 
 
 def _bounds(sources: Sources, records: list[BenchRecord]) -> list[str]:
@@ -194,10 +191,12 @@ def _bounds(sources: Sources, records: list[BenchRecord]) -> list[str]:
                 f"{verdict}, with {stored} ([{Path(TASK_COST_DOC).name}]({Path(TASK_COST_DOC).name}), "
                 f"{cost.get('tasks')} tasks x {cost.get('repetitions')})."
             )
-    if lines:
-        lines.insert(0, "What bounds brokerstack where a goal is missed, from the per-task profile:")
-        lines.insert(1, "")
-    return lines
+    return _headed("What bounds brokerstack where a goal is missed, from the per-task profile:", lines)
+
+
+def _headed(heading: str, lines: list[str]) -> list[str]:
+    """A bullet list under its heading line, or nothing when there is no bullet."""
+    return [heading, "", *lines] if lines else []
 
 
 def _backend_wait(worker: dict[str, Any], trip_ms: float | None) -> str:
