@@ -16,6 +16,12 @@
   the loop's greenlet waits on the consumer connection, so a transport must take acks from any
   greenlet without writing to that connection (py-amqp serialises frame writes with a lock that
   gevent patches; kombu's Redis transport acks over a pooled connection).
+* A stopping worker acks, rather than gives back, every message it still holds whose task already
+  succeeded. Celery keeps its requests in weak sets, and the prefork pool can lose a finished
+  task's report as it stops (seen under load: the task stored SUCCESS, the pool never read the
+  report); the request then vanishes unacknowledged, and the broker, given the message back when
+  the connection closes, runs the task a second time (celery/celery#3802). Celery 5.7 settles a
+  lost pool process the same way outside a shutdown.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ import logging
 import threading
 from typing import Any
 
+from celery import states
+from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
 from kombu import Connection
 
 from worker.dead_letters.hooks import record_poison
+from worker.errors import BACKEND_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,38 @@ RECONNECT_INTERVAL_MAX = 5.0
 class BrokerstackConsumer(Consumer):
     #: The thread running the event loop; set when the consumer registers with it.
     _event_loop_thread: int | None = None
+    #: The requests this worker held when it began to stop, kept alive until it has settled them.
+    _held_at_stop: tuple[Any, ...] = ()
+
+    def stop(self) -> None:
+        self._held_at_stop = tuple(worker_state.reserved_requests)
+        super().stop()
+
+    def shutdown(self) -> None:
+        # Before the connection closes: an ack must reach the broker before it takes messages back.
+        try:
+            self._ack_the_already_succeeded()
+        finally:
+            self._held_at_stop = ()
+            super().shutdown()
+
+    def _ack_the_already_succeeded(self) -> None:
+        for request in self._held_at_stop:
+            if request.acknowledged or request.ignore_result:
+                continue
+            try:
+                stored = request.task.backend.get_task_meta(request.id).get("status")
+            except BACKEND_ERRORS as exc:  # the result store is down: give it back, as Celery would
+                logger.warning("cannot read the state of %s[%s] while stopping: %r", request.name, request.id, exc)
+                continue
+            if stored == states.SUCCESS:
+                logger.warning(
+                    "Task %s[%s] already succeeded: acking its message instead of giving it back",
+                    request.name,
+                    request.id,
+                )
+                request.message.ack_log_error(logger, self.connection_errors)
+                request.acknowledged = True
 
     def register_with_event_loop(self, hub: Any) -> None:
         self._event_loop_thread = threading.get_ident()

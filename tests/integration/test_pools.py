@@ -205,3 +205,36 @@ def test_a_green_pool_refills_its_prefetch_window_as_tasks_finish(
     wait_for(lambda: look.counts() == (0, 0), 60, f"a backlog of {GREEN_BACKLOG} to drain")
     took = time.monotonic() - started
     assert took < GREEN_DRAIN_LIMIT, f"{GREEN_BACKLOG} no-ops took {took:.1f} s on gevent -c {GREEN_CONCURRENCY}"
+
+
+def test_a_warm_shutdown_never_gives_back_a_message_whose_task_already_succeeded(
+    settings: Settings, start_worker: Callable[..., CeleryWorker], look: BrokerLook
+) -> None:
+    """Celery keeps a worker's requests in weak sets. When the prefork pool loses a finished task's
+    report as it stops (under load: its result is stored, the pool never reads the report), the
+    request vanishes unacknowledged and the broker gets the message back: the task runs twice
+    (celery/celery#3802). A worker that stops checks the stored state of every message it still
+    holds and acks those whose task succeeded. Shown here with a message that is the same
+    deterministically: a second delivery of a task that already succeeded, prefetched when the
+    worker stops."""
+    from worker.celery_app import create_celery
+
+    prefetching = settings.model_copy(update={"worker_prefetch_multiplier": 4})
+    worker = start_worker(prefetching, pool="prefork", concurrency=1)
+    app = create_celery(prefetching, producer_only=True)
+    try:
+        done = app.send_task("worker.tasks.basic.add", args=[1, 2])
+        assert done.get(timeout=30) == 3
+        running = app.send_task("worker.tasks.tools.sleep", args=[RUNNING_TASK_SECONDS])
+        wait_for(lambda: running.state == "STARTED", 30, "the sleep to start")
+        # The same task id again (a producer's retry after a lost confirm): prefetched behind the sleep.
+        app.send_task("worker.tasks.basic.add", args=[1, 2], task_id=done.id)
+        wait_for(lambda: look.counts() == (0, 2), 10, f"both messages delivered (ready, unacked: {look.counts()})")
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGTERM)
+        wait_for(lambda: not worker.is_running(), 60, "the prefork worker to finish its warm shutdown")
+        assert worker.returncode == 0, worker.logs()[-3000:]
+        assert running.state == "SUCCESS"
+        wait_for(lambda: look.counts() == (0, 0), 10, f"nothing given back (ready, unacked: {look.counts()})")
+    finally:
+        app.close()
