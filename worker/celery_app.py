@@ -31,7 +31,7 @@ _app_lock = threading.Lock()
 def create_celery(settings: Settings, *, main: str = "worker", producer_only: bool = False) -> Celery:
     """A Celery app for ``settings``. ``producer_only`` is for processes that publish and read
     results but never block on them (the API): see worker.backends.ProducerRedisBackend."""
-    celery = Celery(main, include=list(TASK_MODULES), set_as_current=False)
+    celery = Celery(main, include=list(TASK_MODULES), set_as_current=False, events="worker.events:BrokerstackEvents")
     celery.conf.update(build_celery_config(settings))
     profile_for(settings).prepare_app(celery)  # e.g. RabbitMQ's delayed delivery (docs/delayed-tasks.md)
     # brokerstack's Redis backends: a clear line for a TLS failure, Sentinel by URL; the producer's
