@@ -196,6 +196,13 @@ def _best_e2e(record: BenchRecord, *, defaults: bool = False) -> tuple[str | Non
 # --- the report ---------------------------------------------------------------------------------
 
 
+def _size_per_task(bytes_per_task: float | None) -> str:
+    """A backlog's RSS growth per task, or that none was measurable (RSS stayed or fell)."""
+    if bytes_per_task is not None and bytes_per_task <= 0:
+        return "none measurable"
+    return n(bytes_per_task)
+
+
 class Report:
     def __init__(self, sources: Sources, output: Path, charts_dir: Path, *, draw_charts: bool = True) -> None:
         self.src = sources
@@ -887,7 +894,7 @@ class Report:
                     DASH if cpu is None else f"{cpu:.1f} s",
                     n(backlog.tasks),
                     mib(backlog.rss_growth_bytes),
-                    n(backlog.bytes_per_task),
+                    _size_per_task(backlog.bytes_per_task),
                     self.src.cite(r),
                 )
             )
@@ -903,12 +910,17 @@ class Report:
                         "broker RSS idle",
                         "broker CPU per 10k tasks (solo)",
                         "backlog",
-                        "RSS growth",
+                        "RSS change",
                         "bytes per queued task",
                         "run",
                     ),
                     rows,
                 ),
+                "",
+                "The whole broker process's RSS before and with the backlog, one reading each. RabbitMQ keeps a "
+                "classic queue's messages on disk and its VM may return memory while the backlog fills, so a fall "
+                "is no size per task: [sizing.md](sizing.md) measures the memory per queued task, per stored "
+                "result and per dead letter with repetitions.",
             ]
         )
 

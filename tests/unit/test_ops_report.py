@@ -161,6 +161,20 @@ def test_a_v1_bench_record_renders_as_one_run_without_range(tmp_path: Path):
     assert "[" not in text.split("| redis-everysec |", 1)[1].split("\n", 1)[0].replace("[B1]", "")
 
 
+def test_a_backlog_that_shrank_the_brokers_rss_shows_no_negative_size_per_task(tmp_path: Path):
+    """RabbitMQ keeps a classic queue's messages on disk and its VM may return memory while a
+    backlog fills: a fall in RSS is no size per task (docs/sizing.md measures that)."""
+    path = _bench_v2(tmp_path)
+    record = json.loads(path.read_text())
+    record["resources"]["backlog"].update(rss_growth_bytes=-7_331_840, bytes_per_task=-73.3)
+    path.write_text(json.dumps(record))
+    text = Report(load_sources(tmp_path), tmp_path / "doc.md", tmp_path / "img", draw_charts=False).render()
+    resources = text.split("## Broker resources", 1)[1].split("\n## ", 1)[0]
+    row = resources.split("| redis-everysec |", 1)[1].split("\n", 1)[0]
+    assert "none measurable" in row and "-73" not in row, row
+    assert "sizing.md" in resources
+
+
 def test_a_record_comparing_both_transports_wins_over_a_newer_one_that_did_not(tmp_path: Path):
     _bench_v2(tmp_path, started_at="2026-01-01T00:00:00Z")
     newer = json.loads((tmp_path / "bench" / "redis-everysec-docker.json").read_text())
