@@ -80,8 +80,7 @@ class BrokerstackConsumer(Consumer):
                     request.name,
                     request.id,
                 )
-                request.message.ack_log_error(logger, self.connection_errors)
-                request.acknowledged = True
+                request.acknowledge()
 
     def register_with_event_loop(self, hub: Any) -> None:
         self._event_loop_thread = threading.get_ident()
