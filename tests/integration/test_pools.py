@@ -57,6 +57,12 @@ THREADS_PREFETCH = 16
 THREADS_BACKLOG = 3000
 THREADS_DRAIN_LIMIT = 30.0
 
+#: The stacks' gevent worker (the walkthrough's -c 100, prefetch multiplier 1, results stored), a
+#: backlog of a few windows, and how long draining it may take, worker start included.
+GREEN_RESULTS_CONCURRENCY = 100
+GREEN_RESULTS_BACKLOG = 1000
+GREEN_RESULTS_DRAIN_LIMIT = 20.0
+
 HAS_GEVENT = importlib.util.find_spec("gevent") is not None
 
 POOLS = [
@@ -214,6 +220,32 @@ def test_a_green_pool_refills_its_prefetch_window_as_tasks_finish(
     wait_for(lambda: look.counts() == (0, 0), 60, f"a backlog of {GREEN_BACKLOG} to drain")
     took = time.monotonic() - started
     assert took < GREEN_DRAIN_LIMIT, f"{GREEN_BACKLOG} no-ops took {took:.1f} s on gevent -c {GREEN_CONCURRENCY}"
+
+
+@pytest.mark.skipif(not HAS_GEVENT, reason="gevent is an extra: pip install -e '.[gevent]'")
+@pytest.mark.parametrize("confirms", [True, False], ids=["confirms", "noconfirm"])
+def test_a_green_pool_storing_results_drains_at_full_speed(
+    settings: Settings, start_worker: Callable[..., CeleryWorker], look: BrokerLook, confirms: bool
+) -> None:
+    """The stacks' gevent worker as deployed (results stored, prefetch multiplier 1) drains a
+    backlog as fast as its tasks finish, with publisher confirms or without (Celery's default)."""
+    from worker.celery_app import create_celery
+
+    tuned = settings.model_copy(update={"worker_prefetch_multiplier": 1, "rabbitmq_confirm_publish": confirms})
+    app = create_celery(tuned, producer_only=True)
+    try:
+        for _ in range(GREEN_RESULTS_BACKLOG):
+            app.send_task("worker.tasks.tools.noop")
+    finally:
+        app.close()
+    assert look.counts()[0] == GREEN_RESULTS_BACKLOG
+    started = time.monotonic()
+    start_worker(tuned, pool="gevent", concurrency=GREEN_RESULTS_CONCURRENCY)
+    wait_for(lambda: look.counts() == (0, 0), 120, f"a backlog of {GREEN_RESULTS_BACKLOG} to drain")
+    took = time.monotonic() - started
+    assert took < GREEN_RESULTS_DRAIN_LIMIT, (
+        f"{GREEN_RESULTS_BACKLOG} no-ops storing results took {took:.1f} s on gevent -c {GREEN_RESULTS_CONCURRENCY}"
+    )
 
 
 def test_a_warm_shutdown_never_gives_back_a_message_whose_task_already_succeeded(
