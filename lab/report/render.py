@@ -19,7 +19,7 @@ from lab.experiments.bench.records import (
     ResourcesSection,
     SteadyLatency,
 )
-from lab.experiments.bench.stats import NO_DIFFERENCE, compare
+from lab.experiments.bench.stats import NO_DIFFERENCE, UNKNOWN, compare
 from lab.experiments.bench.vendors import BENCH_VENDORS, bench_vendor
 from lab.experiments.chaos.record import summary_row
 from lab.harness.setups import DEFAULT_TRANSPORT, ROUTINE, SCENARIO_NAMES, SETUPS
@@ -110,11 +110,30 @@ def ms(value: Any) -> str:
 
 def median_rate(section: Rate | None) -> str:
     """A repeated rate as its median with the repetitions' range; a single run as the bare rate."""
-    if section is None or not section.per_s:
+    if section is None:
         return DASH
-    if (section.repeats or 1) < 2:
-        return rate(section.per_s)
-    return f"{rate(section.per_s)} [{section.per_s_min or 0:,.0f}-{section.per_s_max or 0:,.0f}]"
+    return ranged_rate(section.per_s, section.per_s_min, section.per_s_max, section.repeats)
+
+
+def ranged_rate(median: Any, low: Any, high: Any, repeats: int | None) -> str:
+    if not median:
+        return DASH
+    if (repeats or 1) < 2:
+        return rate(median)
+    return f"{rate(median)} [{low or 0:,.0f}-{high or 0:,.0f}]"
+
+
+def judged_ratio(value: Any, judged: dict[str, Any] | None) -> str:
+    """A ratio of two repeated rates with what the ranges say of it (``stats.compare``): a ratio whose
+    ranges overlap is no difference, whichever side of 1 it falls."""
+    if value is None:
+        return DASH
+    verdict = (judged or {}).get("verdict")
+    if verdict == NO_DIFFERENCE:
+        return f"{ratio(value)}: no difference (the ranges overlap)"
+    if verdict is None or verdict == UNKNOWN:
+        return f"{ratio(value)} (one run: no range)"
+    return ratio(value)
 
 
 def _ahead(first: tuple[str, Rate | None], second: tuple[str, Rate | None]) -> str:
@@ -634,7 +653,7 @@ class Report:
                         run.uvicorn_workers,
                         confirm,
                         run.concurrency,
-                        rate(run.rps),
+                        ranged_rate(run.rps, run.rps_min, run.rps_max, run.repeats),
                         " / ".join(ms(v) for v in (api_lat.p50, api_lat.p95, api_lat.p99)),
                         n(run.errors),
                         self.src.cite(r),
@@ -643,12 +662,14 @@ class Report:
         confirm_rows = [
             (
                 r.setup,
-                ratio(r.ratios.raw_confirm_cost if r.ratios else None),
-                ratio(r.ratios.raw_pipelined_confirm_cost if r.ratios else None),
-                ratio(r.ratios.api_confirm_cost if r.ratios else None),
+                judged_ratio(ratios.raw_confirm_cost, raw_judged.get("publish vs publish_confirm")),
+                judged_ratio(ratios.raw_pipelined_confirm_cost, raw_judged.get("publish vs publish_confirm_pipelined")),
+                judged_ratio(ratios.api_confirm_cost, ratios.api_confirm_verdict),
                 self.src.cite(r),
             )
             for r in self.src.bench
+            for ratios in [r.ratios or Ratios()]
+            for raw_judged in [ratios.raw_verdicts or {}]
             if bench_vendor(r.broker).confirms
         ]
         throughput_png = self._chart(charts.throughput_chart, self.src.bench, "throughput.png")
@@ -704,7 +725,9 @@ class Report:
             "### The API under load",
             "",
             "A separate load-generator process posts `POST /tasks/noop` with keep-alive connections; nothing "
-            "consumes meanwhile. Latency in milliseconds (p50 / p95 / p99).",
+            "consumes meanwhile. Requests/s is the median of the record's repetitions of each row, the rows "
+            "alternated, with their range in brackets (none for a record with one run per row); latency in "
+            "milliseconds (p50 / p95 / p99) of the run nearest the median.",
             "",
             table(
                 ("setup", "uvicorn workers", "confirms", "clients", "requests/s", "latency", "errors", "run"), api_rows
@@ -714,6 +737,9 @@ class Report:
             text += [
                 "",
                 "### What publisher confirms cost (unconfirmed rate ÷ confirmed rate)",
+                "",
+                "Each ratio is of the two medians; where the two rates' ranges overlap it is no difference, "
+                "whichever side of 1 it falls. The API ratio is at the most clients, with one uvicorn worker.",
                 "",
                 table(
                     ("setup", "raw, a confirm per message", "raw, pipelined confirms", "through the API", "run"),

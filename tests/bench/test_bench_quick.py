@@ -159,6 +159,15 @@ def test_api_under_load(records: dict[str, dict[str, Any]], setup: str) -> None:
         assert run["errors"] == 0 and positive(run["rps"]) and run["statuses"] == {"202": run["ok"]}
         latency_complete(run["latency_ms"])
         assert positive(run["api_cpu_ms_per_request"])
+        # Each row is the median of the run's repetitions, with their range.
+        assert run["repeats"] == record["parameters"]["repeats"] == len(run["rps_runs"])
+        assert run["rps_min"] <= run["rps"] <= run["rps_max"]
+    if record["broker"] == "rabbitmq":
+        assert record["ratios"]["api_confirm_verdict"]["verdict"] in (
+            "no difference",
+            "unconfirmed faster",
+            "confirmed faster",
+        )
 
 
 @pytest.mark.parametrize("setup", SETUPS)

@@ -236,6 +236,36 @@ def test_brokers_whose_ranges_overlap_are_not_ranked(tmp_path: Path):
     assert "(Redis ahead)" in defaults and "200/s [190-210]" in defaults, bullet
 
 
+def test_a_confirm_cost_inside_the_noise_reads_no_difference_and_api_rates_show_their_range(tmp_path: Path):
+    """A ratio of two medians below 1 ("confirms faster than none") is noise when the ranges
+    overlap, and the table says so instead of printing it bare; a ratio outside the noise stays bare."""
+    from lab.experiments.bench import SCHEMA, compute_ratios
+    from lab.experiments.bench.records import read_record, upgrade_record
+
+    record = upgrade_record(json.loads((V1_BENCH / "rabbitmq-confirms-docker-v1.json").read_text()))
+    record.pop("read_as", None)
+    record["schema"] = SCHEMA
+    raw = record["raw"]
+    raw["publish"].update(_rate(6400, 4600, 7100))
+    raw["publish_confirm"].update(_rate(1700, 1200, 1750))
+    raw["publish_confirm_pipelined"].update(_rate(9300, 5400, 9900))
+    for run in record["api"]["runs"]:
+        median = run["rps"]
+        run.update(rps_min=median - 20, rps_max=median + 20, rps_runs=[median - 20, median, median + 20], repeats=3)
+    record["ratios"] = compute_ratios(read_record(record)).model_dump()
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "rabbitmq-confirms-docker.json").write_text(json.dumps(record))
+    text = Report(load_sources(tmp_path), tmp_path / "doc.md", tmp_path / "img", draw_charts=False).render()
+    confirms = text.split("### What publisher confirms cost", 1)[1].split("\n## ", 1)[0]
+    [row] = [line for line in confirms.splitlines() if line.startswith("| rabbitmq-confirms |")]
+    per_message, pipelined = row.split(" | ")[1:3]
+    assert per_message == "3.76", row
+    assert pipelined == "0.69: no difference (the ranges overlap)", row
+    api = text.split("### The API under load", 1)[1].split("\n### ", 1)[0]
+    first = record["api"]["runs"][0]["rps"]
+    assert f"{first:,.0f}/s [{first - 20:,.0f}-{first + 20:,.0f}]" in api
+
+
 def test_the_published_report_leaves_out_a_bench_record_of_one_drain_and_says_so(tmp_path: Path):
     """A published figure is a median with its range: a /1 record (one drain per pool) does not
     stand for its setup there, whatever it measured; a report of one's own runs still shows it."""

@@ -4,7 +4,8 @@ The API (uvicorn, ``services.api.app:create_app``) runs with the setup's setting
 consumes meanwhile, so what is measured is the producer path alone (HTTP, validation, publish).
 The load generator (:mod:`lab.experiments.bench.loadgen`) is a process of its own with closed-loop clients on
 keep-alive connections; each concurrency level gets a warm-up and a measured window. On RabbitMQ
-the same runs are made with publisher confirms on and off (``RABBITMQ_CONFIRM_PUBLISH``).
+the same runs are made with publisher confirms on and off (``RABBITMQ_CONFIRM_PUBLISH``). The
+runner repeats every configuration, alternated, and keeps each level's median with its range.
 """
 
 from __future__ import annotations

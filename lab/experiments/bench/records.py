@@ -427,7 +427,13 @@ class ApiRun(Model):
     ok: int | None = None
     errors: int | None = None
     statuses: dict[str, int] | None = None
+    #: The median of ``repeats`` runs, with their range (records before repetitions: one run).
     rps: Num | None = None
+    repeats: int | None = None
+    rps_min: Num | None = None
+    rps_max: Num | None = None
+    rps_runs: list[Num | None] | None = None
+    #: The run nearest the median: its latency and costs.
     latency_ms: Latency | None = None
     client_cpu_s: Num | None = None
     api_cpu_ms_per_request: Num | None = None
@@ -502,6 +508,9 @@ class Ratios(Model):
     brokerstack_vs_kombu: dict[str, dict[str, Num | None]] | None = None
     raw_verdicts: dict[str, dict[str, Any]] | None = None
     api_confirm_cost_uvicorn_workers: int | None = None
+    #: ``compare`` of unconfirmed against confirmed API rates at the level api_confirm_cost is
+    #: taken at: "unknown" for records with one run per level.
+    api_confirm_verdict: dict[str, Any] | None = None
     #: The peers' goals (records with a peers section): goal name -> ours / theirs (medians).
     peers: dict[str, Num | None] | None = None
     #: goal name -> "met" | "missed" | "no difference" | "unknown" (peers.goals.<name>.verdict).

@@ -14,7 +14,7 @@ import secrets
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -256,7 +256,7 @@ class BenchRun:
             2
             + ("raw" in chosen)
             + (per_pool * len(p.pools) if "end_to_end" in chosen else 0)
-            + (api_runs if "api" in chosen else 0)
+            + (api_runs * p.repeats if "api" in chosen else 0)
             + ("resources" in chosen)
             + (len(PEER_SYSTEMS) * p.repeats if "peers" in chosen else 0)
         )
@@ -613,52 +613,61 @@ class BenchRun:
         return {} if transport is None else {"redis_transport": transport}
 
     def _api(self) -> dict[str, Any]:
+        """Every API configuration ``repeats`` times, the configurations alternated (reversed every
+        other repetition, as the drains are), so confirms on and off meet the same machine; each
+        level's rate is the median of its repetitions with their range."""
         p = self.params
-        modes = self.vendor.api_confirm_modes
-        out: dict[str, Any] = {
+        configurations = [(workers, confirm) for workers in p.api_workers for confirm in self.vendor.api_confirm_modes]
+        levels: dict[tuple[int, bool | None, int], list[dict[str, Any]]] = {}
+        for repeat in range(p.repeats):
+            for uvicorn_workers, confirm in configurations if repeat % 2 == 0 else reversed(configurations):
+                label = f"{uvicorn_workers} uvicorn worker(s)"
+                if confirm is not None:
+                    label += f", confirms {'on' if confirm else 'off'}"
+                label += f" ({repeat + 1}/{p.repeats})"
+                self._emit("api", f"starting the API: {label}", force=True)
+                for concurrency, level in self._api_levels(uvicorn_workers, confirm, label):
+                    levels.setdefault((uvicorn_workers, confirm, concurrency), []).append(level)
+        return {
             "endpoint": "POST /tasks/noop",
             "load_generator": api_bench.LOAD_GENERATOR,
             "consumers": 0,
             "duration_s": p.api_duration,
             "warmup_s": p.api_warmup,
-            "runs": [],
+            "runs": [
+                {
+                    "uvicorn_workers": workers,
+                    "confirm_publish": confirm,
+                    "concurrency": concurrency,
+                    **median_of_runs(runs, key="rps"),
+                }
+                for (workers, confirm, concurrency), runs in levels.items()
+            ],
         }
-        for uvicorn_workers in p.api_workers:
-            for confirm in modes:
-                overrides = {} if confirm is None else {"rabbitmq_confirm_publish": confirm}
-                settings = self._settings(**overrides, **self._transport_override(self.primary_transport))
-                label = f"{uvicorn_workers} uvicorn worker(s)"
-                if confirm is not None:
-                    label += f", confirms {'on' if confirm else 'off'}"
-                self._emit("api", f"starting the API: {label}", force=True)
-                server = ApiServer(settings.to_env(), log_dir=self.workdir / "logs", workers=uvicorn_workers)
-                self._owned.processes.append(server)
-                server.start()
-                server.wait_ready(timeout=60)
-                try:
-                    for concurrency in p.api_concurrency:
-                        self._emit("api", f"{label}: {concurrency} clients", force=True)
-                        level = api_bench.measured_level(
-                            server.url,
-                            server.pid,
-                            concurrency=concurrency,
-                            duration=p.api_duration,
-                            warmup=p.api_warmup,
-                        )
-                        out["runs"].append(
-                            {
-                                "uvicorn_workers": uvicorn_workers,
-                                "confirm_publish": confirm,
-                                "concurrency": concurrency,
-                                **level,
-                            }
-                        )
-                        self.depth.purge()
-                        self._advance("api", f"{label}, {concurrency} clients: {level['rps']} req/s")
-                finally:
-                    server.stop(timeout=15)
-                    self._owned.processes.remove(server)
-        return out
+
+    def _api_levels(
+        self, uvicorn_workers: int, confirm: bool | None, label: str
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """One API process with these settings, loaded at every client concurrency in turn."""
+        p = self.params
+        overrides = {} if confirm is None else {"rabbitmq_confirm_publish": confirm}
+        settings = self._settings(**overrides, **self._transport_override(self.primary_transport))
+        server = ApiServer(settings.to_env(), log_dir=self.workdir / "logs", workers=uvicorn_workers)
+        self._owned.processes.append(server)
+        server.start()
+        server.wait_ready(timeout=60)
+        try:
+            for concurrency in p.api_concurrency:
+                self._emit("api", f"{label}: {concurrency} clients", force=True)
+                level = api_bench.measured_level(
+                    server.url, server.pid, concurrency=concurrency, duration=p.api_duration, warmup=p.api_warmup
+                )
+                self.depth.purge()
+                self._advance("api", f"{label}, {concurrency} clients: {level['rps']} req/s")
+                yield concurrency, level
+        finally:
+            server.stop(timeout=15)
+            self._owned.processes.remove(server)
 
     def _peers(self) -> dict[str, Any]:
         """Stock Celery and Dramatiq beside brokerstack (lab.experiments.bench.peers)."""
@@ -835,6 +844,7 @@ def _ratio_of(pair: Any) -> float | None:
 def _api_confirm_cost(out: Ratios, runs: list[Any]) -> None:
     """Unconfirmed over confirmed API req/s per client concurrency, with the fewest uvicorn workers."""
     by_level: dict[str, float | None] = {}
+    verdicts: dict[str, dict[str, Any]] = {}
     workers = sorted({r.uvicorn_workers for r in runs if r.uvicorn_workers is not None})
     w = workers[0] if workers else None
     for run in runs:
@@ -850,10 +860,14 @@ def _api_confirm_cost(out: Ratios, runs: list[Any]) -> None:
         )
         if off is not None:
             by_level[str(run.concurrency)] = ratio(off.rps, run.rps, 2)
+            verdicts[str(run.concurrency)] = compare(
+                ("unconfirmed", off.model_dump()), ("confirmed", run.model_dump()), key="rps"
+            )
     if by_level:
         top = max(by_level, key=int)
         out.api_confirm_cost_by_concurrency = by_level
         out.api_confirm_cost = by_level[top]
+        out.api_confirm_verdict = verdicts[top]
         out.api_confirm_cost_uvicorn_workers = w
         cost = by_level[top]
         if cost is not None:
