@@ -315,3 +315,34 @@ def test_the_peers_table_says_whether_its_brokerstack_drains_agree_with_the_thro
     assert "320 (300-330) in the throughput table" in defaults and defaults.endswith("no difference.")
     assert "fire-and-forget" in fire_and_forget and "600 (580-620) in the throughput table" in fire_and_forget
     assert fire_and_forget.endswith("the runs differ beyond their ranges (compare within a table).")
+
+
+def test_the_restart_time_cites_every_run_it_pools_and_is_not_the_recovery_time():
+    """The walkthrough table's restart figure pools every broker-kill run of a broker: it cites each
+    of them (it once cited the first, whose own recovery column read differently) and says what it
+    measures (the broker starting again), with its range."""
+    import statistics
+
+    from lab.harness.setups import SETUPS
+
+    sources = load_sources(REPO / "results", min_chaos_tasks=PUBLISHED_MIN_CHAOS_TASKS)
+    text = Report(sources, DOC, DOC.parent / "img", draw_charts=False).render()
+    row = next(line for line in text.splitlines() if line.startswith("| Setup / operations |"))
+    durability = text.split("## Durability", 1)[1].split("\n## ", 1)[0]
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in durability.splitlines() if r.startswith("| ")]
+    for broker in ("rabbitmq", "redis"):
+        part = next(p for p in row.split("; ") if f"{broker} took " in p)
+        cited = re.findall(r"\[C\d+\]", part)
+        rows = [c[-1] for c in cells if c[0] in SETUPS and c[2] == "broker-kill" and SETUPS[c[0]].broker == broker]
+        assert sorted(cited) == sorted(re.findall(r"\[C\d+\]", "".join(rows))) and len(cited) == 3, part
+        faults = [
+            f["restart_s"]
+            for record in sources.chaos
+            if record.get("scenario") == "broker-kill" and SETUPS[record["setup"]].broker == broker
+            for f in record.get("faults") or []
+            if f.get("restart_s") is not None
+        ]
+        assert f"median of {len(faults)} restarts" in part, part
+        assert "to start again after `kill -9`" in part and " back " not in part
+        median = statistics.median(faults)
+        assert (f"{median:.2f} s" if median < 10 else f"{median:.0f} s") in part
