@@ -3,8 +3,8 @@
 Docker: a partition is a set of (network, container) attachments that are removed with ``docker
 network disconnect`` and put back, with the same static address and aliases, with ``docker
 network connect``. Which attachments make up "node X cut off from its peers while clients can
-still reach it" depends on the group's topology; the groups (lab.harness.nodes.cluster for
-RabbitMQ, lab.harness.nodes.sentinel for Redis) document theirs and hand the links to
+still reach it" depends on the group's topology; the groups (lab.harness.vendors.rabbitmq.cluster
+for RabbitMQ, lab.harness.vendors.redis.sentinel for Redis) document theirs and hand the links to
 :func:`cut`. Traffic never leaves this machine: the networks are bridges the lab creates.
 
 Processes: brokers on 127.0.0.1 share one network stack, so nothing short of a network namespace

@@ -30,8 +30,8 @@ from worker.settings import Settings, load_settings
 from worker.topology import WORK_QUEUES
 
 if TYPE_CHECKING:
-    from lab.harness.nodes import RabbitCluster
-    from lab.harness.nodes.sentinel import SentinelGroup
+    from lab.harness.vendors.rabbitmq.cluster import RabbitCluster
+    from lab.harness.vendors.redis.sentinel import SentinelGroup
 
 log = logging.getLogger(__name__)
 

@@ -121,7 +121,7 @@ def test_min_replicas_to_write_narrows_the_isolated_primarys_window_but_does_not
     them with NOREPLICAS once no replica has acknowledged for ``min-replicas-max-lag`` seconds."""
     import redis
 
-    from lab.harness.nodes.sentinel import SentinelGroup
+    from lab.harness.vendors.redis.sentinel import SentinelGroup
     from worker.brokers.redis.errors import NoReplicasError  # importing it maps NOREPLICAS to it
 
     setup = SETUPS["redis-sentinel-wait"]

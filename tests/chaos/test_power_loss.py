@@ -185,7 +185,7 @@ def test_a_cluster_member_whose_data_is_gone_is_forgotten_rebuilt_and_given_its_
     from kombu import Connection
 
     from lab.experiments.chaos.scenarios.power_loss import wipe_data
-    from lab.harness.nodes.cluster import RabbitCluster
+    from lab.harness.vendors.rabbitmq.cluster import RabbitCluster
 
     queue = "power-loss-rebuild"
     cluster = RabbitCluster(3)

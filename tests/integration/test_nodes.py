@@ -16,7 +16,6 @@ from kombu import Connection, Queue
 from lab.harness.nodes import (
     BrokerNode,
     NodeError,
-    RabbitCluster,
     RabbitOptions,
     RedisOptions,
     docker_available,
@@ -27,6 +26,7 @@ from lab.harness.nodes import (
 )
 from lab.harness.nodes.base import poll
 from lab.harness.nodes.ports import port_accepts
+from lab.harness.vendors.rabbitmq.cluster import RabbitCluster
 
 pytestmark = pytest.mark.integration
 

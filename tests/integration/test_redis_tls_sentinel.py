@@ -22,10 +22,10 @@ from lab.harness.nodes import (
     TLSFiles,
     make_node,
     make_test_certs,
-    make_tls_redis_node,
     process_available,
 )
 from lab.harness.processes import CeleryWorker
+from lab.harness.vendors.redis.nodes import make_tls_redis_node
 from tests.helpers import run_task, wait_for
 from worker.backends import redis_client
 from worker.celery_app import create_celery

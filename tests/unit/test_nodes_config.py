@@ -24,16 +24,11 @@ from lab.harness.nodes import (
     resolve_driver,
 )
 from lab.harness.nodes.base import NodeTimeout, amqp_url, management_http_url, poll, redis_url
-from lab.harness.nodes.config import (
-    rabbit_process_env,
-    redis_docker_args,
-    render_enabled_plugins,
-    render_rabbitmq_conf,
-    render_redis_conf,
-)
 from lab.harness.nodes.docker import _owner_gone, owner_token
 from lab.harness.nodes.ports import PORT_RANGE_ENV, RESERVED_PORTS, port_is_free
 from lab.harness.nodes.process import OWNER_FILE, _is_wrapper
+from lab.harness.vendors.rabbitmq.config import rabbit_process_env, render_enabled_plugins, render_rabbitmq_conf
+from lab.harness.vendors.redis.config import redis_docker_args, render_redis_conf
 
 
 def conf_directives(text: str) -> dict[str, str]:

@@ -33,21 +33,28 @@ from .base import (
     RedisOptions,
     moved_names,
 )
-from .cluster import RabbitCluster
-from .factory import DRIVER_ENV, docker_available, make_node, make_tls_redis_node, resolve_driver
+from .factory import DRIVER_ENV, docker_available, make_node, resolve_driver
 from .ports import free_port
 from .process import process_available, remove_stale_process_nodes
 from .tls import TLSFiles, make_test_certs
 
 if TYPE_CHECKING:
-    from lab.harness.vendors.redis.nodes import ProcessRedisNode, ProcessSentinelGroup, ProcessSentinelNode
+    from lab.harness.vendors.rabbitmq.cluster import RabbitCluster
+    from lab.harness.vendors.redis.nodes import (
+        ProcessRedisNode,
+        ProcessSentinelGroup,
+        ProcessSentinelNode,
+        make_tls_redis_node,
+    )
 
-#: Node classes that live in their vendor's package (lab.harness.vendors.<broker>.nodes), still
-#: importable from here; loaded on first use, as the vendors import this package's drivers.
+#: Names that live in their vendor's package (lab.harness.vendors.<broker>), still importable
+#: from here; loaded on first use, as the vendors import this package's drivers.
 _FROM_VENDORS = {
     "ProcessRedisNode": "lab.harness.vendors.redis.nodes",
     "ProcessSentinelGroup": "lab.harness.vendors.redis.nodes",
     "ProcessSentinelNode": "lab.harness.vendors.redis.nodes",
+    "make_tls_redis_node": "lab.harness.vendors.redis.nodes",
+    "RabbitCluster": "lab.harness.vendors.rabbitmq.cluster",
 }
 
 __getattr__ = moved_names(__name__, _FROM_VENDORS)

@@ -265,8 +265,8 @@ def remove_network(network: Any) -> None:
         pass
 
 
-#: Names that moved to the vendor packages, still importable from here for modules that have not
-#: switched yet (lab.harness.nodes.cluster, .sentinel, the power-loss scenario).
+#: Names that moved to the vendor packages, still importable from here for importers that have not
+#: switched yet (the RabbitMQ cluster and the Sentinel group, now in their vendors, have).
 _MOVED = {
     "DEFAULT_REDIS_IMAGE": "lab.harness.vendors.redis.nodes",
     "REDIS_CONTAINER_DATA_DIR": "lab.harness.vendors.redis.nodes",

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from .base import BrokerKind, BrokerNode, DriverName
-from .tls import TLSFiles
 
 #: Environment variable selecting the driver when make_node() is not told.
 DRIVER_ENV = "BROKERSTACK_TEST_DRIVER"
@@ -69,15 +68,3 @@ def make_node(
     if options is not None and chosen is not None:
         raise ValueError("give the node options once: options= or the kind's own keyword")
     return vendor.make_node(resolve_driver(driver), options or chosen, name=name, base_dir=base_dir)
-
-
-def make_tls_redis_node(
-    tls: TLSFiles, driver: DriverChoice | None = None, *, tls_auth_clients: str = "optional"
-) -> BrokerNode:
-    """A not-yet-started TLS-only Redis (url rediss://127.0.0.1:<port>/0) serving ``tls``'s server
-    certificate; ``tls_auth_clients`` "yes" also requires a client certificate signed by its CA."""
-    from lab.harness.vendors.redis.nodes import DockerRedisNode, ProcessRedisNode
-
-    if resolve_driver(driver) == "docker":
-        return DockerRedisNode(tls=tls, tls_auth_clients=tls_auth_clients)
-    return ProcessRedisNode(tls=tls, tls_auth_clients=tls_auth_clients)

@@ -4,15 +4,15 @@ while its clients still reach it (``partition``), K times under steady Celery lo
 * Redis (a Sentinel group: primary, 2 replicas, 3 Sentinels; the app finds the primary through
   the sentinels): ``failover`` kills -9 the primary; the sentinels promote a replica; the old
   primary is restarted and rejoins as a replica. ``partition`` cuts the primary off from the
-  replicas and the sentinels (lab.harness.nodes.sentinel shows how); producers and workers still
-  talk to it, the sentinels promote a replica meanwhile (two primaries: the split brain), and
-  after ``down_seconds`` more the cut is healed and a sentinel turns the old primary into a
-  replica of the new one, which drops what it accepted alone.
+  replicas and the sentinels (lab.harness.vendors.redis.sentinel shows how); producers and
+  workers still talk to it, the sentinels promote a replica meanwhile (two primaries: the split
+  brain), and after ``down_seconds`` more the cut is healed and a sentinel turns the old primary
+  into a replica of the new one, which drops what it accepted alone.
 * RabbitMQ (a 3-node cluster, pause_minority): ``failover`` kills -9 the node that leads the
   ``default`` work queue (quorum: its Raft leader; classic: the node holding it), keeps it down
   ``down_seconds`` and restarts it; ``partition`` cuts that node off from the other two
-  (lab.harness.nodes.cluster), holds the cut until the others count it as down (and, on quorum
-  queues, another node leads), then ``down_seconds`` more, and heals it.
+  (lab.harness.vendors.rabbitmq.cluster), holds the cut until the others count it as down (and,
+  on quorum queues, another node leads), then ``down_seconds`` more, and heals it.
 
 Every fault entry says which node led before and after (``leader_before``/``leader_after``: the
 primary's or the queue leader's node name), how long until another led (``promoted_s``, None if

@@ -24,8 +24,8 @@ kinder than a real machine (it is harsher for everything written since the check
 A node that still does not boot on what survived is recovered as an operator would: a Redis AOF
 with ``redis-check-aof --fix``; a RabbitMQ node with an emptied data directory, and in a cluster
 ``forget_cluster_node`` on a running peer first (a member whose data is gone cannot rejoin under its
-old identity), then its quorum queue replicas grown back (lab.harness.nodes.cluster). The record
-lists each such node (``not_booted``); what it cost is in the counts.
+old identity), then its quorum queue replicas grown back (lab.harness.vendors.rabbitmq.cluster).
+The record lists each such node (``not_booted``); what it cost is in the counts.
 
 * ``power-loss``       the single broker node (Redis, or one RabbitMQ node).
 * ``power-loss-node``  a 3-node RabbitMQ cluster (quorum queues): the machine of the queue

@@ -25,7 +25,10 @@ from lab.harness.nodes.base import (
     poll,
     random_suffix,
 )
-from lab.harness.nodes.config import (
+from lab.harness.nodes.docker import DockerNode
+from lab.harness.nodes.ports import free_port, port_accepts
+from lab.harness.nodes.process import KILL_TIMEOUT, ProcessNode, make_dir
+from lab.harness.vendors.rabbitmq.config import (
     AMQP_CONTAINER_PORT,
     MANAGEMENT_CONTAINER_PORT,
     rabbit_process_env,
@@ -33,9 +36,6 @@ from lab.harness.nodes.config import (
     render_enabled_plugins,
     render_rabbitmq_conf,
 )
-from lab.harness.nodes.docker import DockerNode
-from lab.harness.nodes.ports import free_port, port_accepts
-from lab.harness.nodes.process import KILL_TIMEOUT, ProcessNode, make_dir
 
 #: The image used unless BROKERSTACK_RABBITMQ_IMAGE says otherwise.
 DEFAULT_RABBITMQ_IMAGE = "rabbitmq:4.0-management"

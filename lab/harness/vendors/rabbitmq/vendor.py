@@ -160,7 +160,7 @@ class RabbitMQVendor(LabVendor):
 
     def make_group(self, setup: Any, driver: DriverName) -> tuple[str, Any]:
         """A RabbitMQ cluster of cluster_size nodes."""
-        from lab.harness.nodes.cluster import RabbitCluster
+        from lab.harness.vendors.rabbitmq.cluster import RabbitCluster
 
         return "cluster", RabbitCluster(setup.cluster_size, driver, rabbit=setup.options)
 

@@ -1,4 +1,5 @@
-"""Redis in the lab: its nodes (nodes.py) and its vendor object (vendor.py)."""
+"""Redis in the lab: its nodes (nodes.py), its config rendering (config.py), its Sentinel groups
+(sentinel.py) and its vendor object (vendor.py)."""
 
 from lab.harness.vendors.redis.vendor import VENDOR, RedisVendor
 

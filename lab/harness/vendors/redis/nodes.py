@@ -9,8 +9,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lab.harness.nodes.base import LOOPBACK, NodeError, RedisOptions, StartedInContext, random_suffix, redis_url
-from lab.harness.nodes.config import (
+from lab.harness.nodes.base import (
+    LOOPBACK,
+    BrokerNode,
+    NodeError,
+    RedisOptions,
+    StartedInContext,
+    random_suffix,
+    redis_url,
+)
+from lab.harness.nodes.docker import DockerNode
+from lab.harness.nodes.factory import DriverChoice, resolve_driver
+from lab.harness.nodes.ports import free_port
+from lab.harness.nodes.process import ProcessNode
+from lab.harness.nodes.tls import TLSFiles
+from lab.harness.vendors.redis.config import (
     REDIS_CONTAINER_PORT,
     REDIS_CONTAINER_TLS_DIR,
     SENTINEL_MASTER,
@@ -18,10 +31,6 @@ from lab.harness.nodes.config import (
     render_redis_conf,
     render_sentinel_conf,
 )
-from lab.harness.nodes.docker import DockerNode
-from lab.harness.nodes.ports import free_port
-from lab.harness.nodes.process import ProcessNode
-from lab.harness.nodes.tls import TLSFiles
 
 #: The image used unless BROKERSTACK_REDIS_IMAGE says otherwise.
 DEFAULT_REDIS_IMAGE = "redis:8"
@@ -169,6 +178,16 @@ class ProcessRedisNode(RedisEndpoints, ProcessNode):
 
     def _probe(self) -> str:
         return redis_probe(self._port, tls=self.tls)
+
+
+def make_tls_redis_node(
+    tls: TLSFiles, driver: DriverChoice | None = None, *, tls_auth_clients: str = "optional"
+) -> BrokerNode:
+    """A not-yet-started TLS-only Redis (url rediss://127.0.0.1:<port>/0) serving ``tls``'s server
+    certificate; ``tls_auth_clients`` "yes" also requires a client certificate signed by its CA."""
+    if resolve_driver(driver) == "docker":
+        return DockerRedisNode(tls=tls, tls_auth_clients=tls_auth_clients)
+    return ProcessRedisNode(tls=tls, tls_auth_clients=tls_auth_clients)
 
 
 class ProcessSentinelNode(ProcessRedisNode):

@@ -151,7 +151,7 @@ class RedisVendor(LabVendor):
 
     def make_group(self, setup: Any, driver: DriverName) -> tuple[str, Any]:
         """A Sentinel group: a primary, its replicas and three Sentinels."""
-        from lab.harness.nodes.sentinel import SentinelGroup
+        from lab.harness.vendors.redis.sentinel import SentinelGroup
 
         group = SentinelGroup(
             setup.cluster_size,

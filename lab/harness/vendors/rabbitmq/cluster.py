@@ -25,8 +25,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import DEFAULT_READY_TIMEOUT, NodeError, RabbitOptions, StartedInContext, poll, random_suffix, track, untrack
-from .factory import DriverChoice, resolve_driver
+from lab.harness.nodes.base import (
+    DEFAULT_READY_TIMEOUT,
+    NodeError,
+    RabbitOptions,
+    StartedInContext,
+    poll,
+    random_suffix,
+    track,
+    untrack,
+)
+from lab.harness.nodes.factory import DriverChoice, resolve_driver
 
 #: Deadline for all members to show up in cluster_status after they are ready.
 FORMATION_TIMEOUT = 90.0
@@ -77,14 +86,8 @@ class RabbitCluster(StartedInContext):
             self.nodes = self._docker_nodes()
 
     def _process_nodes(self, base_dir: str | Path | None) -> list[Any]:
-        from .process import (
-            Epmd,
-            ProcessRabbitNode,
-            base_dir_default,
-            make_dir,
-            make_erlang_home,
-            write_owner,
-        )
+        from lab.harness.nodes.process import base_dir_default, make_dir, write_owner
+        from lab.harness.vendors.rabbitmq.nodes import Epmd, ProcessRabbitNode, make_erlang_home
 
         self._dir = (Path(base_dir) if base_dir is not None else base_dir_default()) / self.name
         make_dir(self._dir)
@@ -255,7 +258,8 @@ class RabbitCluster(StartedInContext):
 def _partitionable_rabbit_class() -> type:
     """DockerRabbitNode on the cluster's internal network plus the clients' bridge (built lazily:
     the docker driver's module needs the Docker SDK)."""
-    from .docker import DockerRabbitNode, docker_client
+    from lab.harness.nodes.docker import docker_client
+    from lab.harness.vendors.rabbitmq.nodes import DockerRabbitNode
 
     class PartitionableRabbitNode(DockerRabbitNode):
         def _build(self) -> Any:
