@@ -6,6 +6,7 @@ import math
 import os
 import statistics
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,26 @@ def _ahead(first: tuple[str, Rate | None], second: tuple[str, Rate | None]) -> s
 
 def repeats_note(record: BenchRecord) -> str:
     return "1 (one run, no range)" if record.repeats < 2 else str(record.repeats)
+
+
+#: Bench runs that started within this long of the previous one's end were measured in one sitting
+#: (one ``brokerstack bench`` of several setups, or runs back to back).
+SITTING_GAP_S = 15 * 60
+
+
+def sittings(records: Iterable[BenchRecord]) -> list[list[BenchRecord]]:
+    """The records grouped by sitting, in time order. A shared machine drifts between sittings (other
+    load, another day), so rows of one sitting compare better than rows of different ones."""
+    timed = sorted((r for r in records if r.started_at), key=lambda r: datetime.fromisoformat(str(r.started_at)))
+    groups: list[list[BenchRecord]] = []
+    end: datetime | None = None
+    for record in timed:
+        start = datetime.fromisoformat(str(record.started_at))
+        if end is None or (start - end).total_seconds() > SITTING_GAP_S:
+            groups.append([])
+        groups[-1].append(record)
+        end = start + timedelta(seconds=float(record.duration_s or 0))
+    return groups
 
 
 #: The two drain configurations of a bench, as the records and the tables name them.
@@ -449,6 +470,12 @@ class Report:
                 f"{median_rate(redis_defaults)} on Redis {self.src.cite(redis_tracked[0])}, "
                 f"{median_rate(rabbit_defaults)} on RabbitMQ {self.src.cite(rabbit_tracked[0])} "
                 f"({defaults_verdict})."
+                + (
+                    ""
+                    if self._same_sitting(redis_best[0], rabbit_best[0], redis_tracked[0], rabbit_tracked[0])
+                    else " These rates come from different sittings (see *Throughput*), so the drift between "
+                    "sittings is in the differences too."
+                )
             )
         bullets.append(
             '*"Redis has no dead-letter queue."* The broker has none, but Celery can: brokerstack records the same '
@@ -711,6 +738,7 @@ class Report:
                 rows,
             ),
         ]
+        text += ["", self._sittings_text()]
         if self.src.bench_unpublished:
             text += ["", "Not shown, for being below the published size:", ""]
             text += [f"- {line}" for line in self.src.bench_unpublished]
@@ -752,6 +780,23 @@ class Report:
                 ),
             ]
         return "\n".join(text)
+
+    def _sittings_text(self) -> str:
+        groups = sittings(self.src.bench)
+        described = "; ".join(
+            f"{', '.join(self.src.cite(r) for r in group)} from {str(group[0].started_at)[:16].replace('T', ' ')} UTC"
+            for group in groups
+        )
+        if len(groups) < 2:
+            return f"Every row was measured in one sitting: {described}."
+        return (
+            f"The rows were measured in {len(groups)} sittings (runs back to back): {described}. The machine is "
+            "shared and drifts between sittings, so rows of different sittings differ by that drift as well as by "
+            "their setups: compare rows of one sitting, and across sittings only differences well beyond the ranges."
+        )
+
+    def _same_sitting(self, *records: BenchRecord) -> bool:
+        return any(all(any(r is g for g in group) for r in records) for group in sittings(self.src.bench))
 
     def _ceiling_text(self) -> str:
         """What the raw ceiling is, for the records the table holds: the best client each broker has

@@ -346,3 +346,28 @@ def test_the_restart_time_cites_every_run_it_pools_and_is_not_the_recovery_time(
         assert "to start again after `kill -9`" in part and " back " not in part
         median = statistics.median(faults)
         assert (f"{median:.2f} s" if median < 10 else f"{median:.0f} s") in part
+
+
+def test_rows_of_different_sittings_are_said_to_be_so_and_the_broker_comparison_carries_it(tmp_path: Path):
+    """The machine drifts between sittings (the same configuration measured on two days differed
+    beyond its ranges): the report says which rows were measured together and flags a comparison
+    across sittings."""
+    from lab.experiments.bench import SCHEMA
+    from lab.experiments.bench.records import upgrade_record
+
+    def write(redis_started_at: str, rabbit_started_at: str) -> str:
+        _bench_v2(tmp_path, started_at=redis_started_at)
+        record = upgrade_record(json.loads((V1_BENCH / "rabbitmq-confirms-docker-v1.json").read_text()))
+        record.pop("read_as", None)
+        record.update(schema=SCHEMA, started_at=rabbit_started_at, duration_s=600)
+        (tmp_path / "bench" / "rabbitmq-confirms-docker.json").write_text(json.dumps(record))
+        return Report(load_sources(tmp_path), tmp_path / "doc.md", tmp_path / "img", draw_charts=False).render()
+
+    apart = write("2026-02-01T00:00:00Z", "2026-02-02T00:00:00Z")
+    assert "measured in 2 sittings" in apart
+    bullet = next(line for line in apart.splitlines() if "Redis is fast, RabbitMQ slow" in line)
+    assert "different sittings" in bullet
+    together = write("2026-02-01T00:00:00Z", "2026-01-31T23:55:00Z")  # RabbitMQ's 10 min overlap Redis' start
+    assert "Every row was measured in one sitting" in together
+    bullet = next(line for line in together.splitlines() if "Redis is fast, RabbitMQ slow" in line)
+    assert "different sittings" not in bullet
