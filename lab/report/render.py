@@ -787,12 +787,17 @@ class Report:
             f"{', '.join(self.src.cite(r) for r in group)} from {str(group[0].started_at)[:16].replace('T', ' ')} UTC"
             for group in groups
         )
+        alternated = (
+            "Within a record the repetitions (and on Redis the two transports) are alternated, so its ranges and "
+            "its transport comparison hold against the machine's drift; setups are measured one after another, "
+            "not alternated, so a difference between two rows includes the drift between their runs"
+        )
         if len(groups) < 2:
-            return f"Every row was measured in one sitting: {described}."
+            return f"Every row was measured in one sitting: {described}. {alternated}."
         return (
-            f"The rows were measured in {len(groups)} sittings (runs back to back): {described}. The machine is "
-            "shared and drifts between sittings, so rows of different sittings differ by that drift as well as by "
-            "their setups: compare rows of one sitting, and across sittings only differences well beyond the ranges."
+            f"The rows were measured in {len(groups)} sittings (runs back to back): {described}. {alternated}, "
+            "and more so between sittings (another day, other load on this shared machine): read a difference "
+            "between rows as real only when it is well beyond their ranges."
         )
 
     def _same_sitting(self, *records: BenchRecord) -> bool:
