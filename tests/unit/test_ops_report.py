@@ -97,14 +97,23 @@ def _rate(median: float, low: float, high: float) -> dict[str, Any]:
     return {"per_s": median, "per_s_min": low, "per_s_max": high, "per_s_runs": [low, median, high], "repeats": 3}
 
 
+def _current(v1_name: str) -> dict[str, Any]:
+    """A committed /1 bench record, upgraded and written as a record of the current schema."""
+    from lab.experiments.bench import SCHEMA
+    from lab.experiments.bench.records import upgrade_record
+
+    record = upgrade_record(json.loads((V1_BENCH / v1_name).read_text()))
+    record.pop("read_as", None)
+    record["schema"] = SCHEMA
+    return record
+
+
 def _bench_v2(root: Path, *, started_at: str = "2026-02-01T00:00:00Z") -> Path:
     """The committed /1 Redis record, rewritten as a /2 one that compared both transports (3 repeats):
     solo apart (brokerstack faster), threads overlapping (no difference), gevent measured."""
-    from lab.experiments.bench import SCHEMA, transport_comparison
-    from lab.experiments.bench.records import upgrade_record
+    from lab.experiments.bench import transport_comparison
 
-    record = upgrade_record(json.loads((V1_BENCH / "redis-everysec-docker-v1.json").read_text()))
-    record.pop("read_as", None)
+    record = _current("redis-everysec-docker-v1.json")
     rates = {
         "brokerstack": {"solo": (900, 880, 920), "threads": (600, 560, 640), "gevent": (700, 690, 710)},
         "kombu": {"solo": (500, 480, 520), "threads": (590, 550, 630), "gevent": (300, 290, 310)},
@@ -116,7 +125,7 @@ def _bench_v2(root: Path, *, started_at: str = "2026-02-01T00:00:00Z") -> Path:
         }
         for name, pools in rates.items()
     }
-    record.update(schema=SCHEMA, started_at=started_at, transports=["brokerstack", "kombu"])
+    record.update(started_at=started_at, transports=["brokerstack", "kombu"])
     record["end_to_end"].update(
         repeats=3,
         pools=transports["brokerstack"],
@@ -215,13 +224,9 @@ def test_the_report_command_leaves_out_runs_below_the_published_size(tmp_path: P
 
 
 def test_brokers_whose_ranges_overlap_are_not_ranked(tmp_path: Path):
-    from lab.experiments.bench import SCHEMA
-    from lab.experiments.bench.records import upgrade_record
 
     _bench_v2(tmp_path)  # Redis: best fire-and-forget is solo, 900/s [880-920]
-    record = upgrade_record(json.loads((V1_BENCH / "rabbitmq-confirms-docker-v1.json").read_text()))
-    record.pop("read_as", None)
-    record["schema"] = SCHEMA
+    record = _current("rabbitmq-confirms-docker-v1.json")
     record["end_to_end"]["repeats"] = 3
     for pool, section in record["end_to_end"]["pools"].items():
         section["consume"] = _rate(890, 850, 910) if pool == "solo" else _rate(100, 90, 110)
@@ -239,12 +244,10 @@ def test_brokers_whose_ranges_overlap_are_not_ranked(tmp_path: Path):
 def test_a_confirm_cost_inside_the_noise_reads_no_difference_and_api_rates_show_their_range(tmp_path: Path):
     """A ratio of two medians below 1 ("confirms faster than none") is noise when the ranges
     overlap, and the table says so instead of printing it bare; a ratio outside the noise stays bare."""
-    from lab.experiments.bench import SCHEMA, compute_ratios
-    from lab.experiments.bench.records import read_record, upgrade_record
+    from lab.experiments.bench import compute_ratios
+    from lab.experiments.bench.records import read_record
 
-    record = upgrade_record(json.loads((V1_BENCH / "rabbitmq-confirms-docker-v1.json").read_text()))
-    record.pop("read_as", None)
-    record["schema"] = SCHEMA
+    record = _current("rabbitmq-confirms-docker-v1.json")
     raw = record["raw"]
     raw["publish"].update(_rate(6400, 4600, 7100))
     raw["publish_confirm"].update(_rate(1700, 1200, 1750))
@@ -352,14 +355,11 @@ def test_rows_of_different_sittings_are_said_to_be_so_and_the_broker_comparison_
     """The machine drifts between sittings (the same configuration measured on two days differed
     beyond its ranges): the report says which rows were measured together and flags a comparison
     across sittings."""
-    from lab.experiments.bench import SCHEMA
-    from lab.experiments.bench.records import upgrade_record
 
     def write(redis_started_at: str, rabbit_started_at: str) -> str:
         _bench_v2(tmp_path, started_at=redis_started_at)
-        record = upgrade_record(json.loads((V1_BENCH / "rabbitmq-confirms-docker-v1.json").read_text()))
-        record.pop("read_as", None)
-        record.update(schema=SCHEMA, started_at=rabbit_started_at, duration_s=600)
+        record = _current("rabbitmq-confirms-docker-v1.json")
+        record.update(started_at=rabbit_started_at, duration_s=600)
         (tmp_path / "bench" / "rabbitmq-confirms-docker.json").write_text(json.dumps(record))
         return Report(load_sources(tmp_path), tmp_path / "doc.md", tmp_path / "img", draw_charts=False).render()
 
